@@ -47,6 +47,11 @@ class FinishReason(StrEnum):
     error = "error"
 
 
+class Feedback(StrEnum):
+    up = "up"  # a user's thumbs-up
+    down = "down"  # a user's thumbs-down
+
+
 class Segment(BaseModel):
     kind: SegmentKind
     text: str
@@ -90,6 +95,7 @@ class Trajectory(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     source: Source = Source.api
     parent_id: str | None = Field(None, description="the trajectory this one revises (SRPO self-revision)")
+    feedback: Feedback | None = Field(None, description="a user's thumbs-up/down (the trainer's feedback pairs)")
     created_at: float = Field(default_factory=time.time)
 
     def token_ids(self) -> list[int]:

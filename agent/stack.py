@@ -1,0 +1,257 @@
+"""``mathagent up``: start the whole embedded stack and stop every child on Ctrl-C.
+
+Order: provision the model (so a bad spec fails before anything starts), Redis (use the
+configured one; if nothing answers on loopback and ``redis-server`` exists, start a private
+one with its data under the state dir), the sandbox service, the gateway. Each child runs in
+its own session with PR_SET_PDEATHSIG, so even if this process is killed hard the children
+get SIGTERM; on a normal stop each child's process group gets SIGTERM, then SIGKILL after a
+grace period. Logs go to ``<state_dir>/logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from agent.modelstore import ModelSpecError
+
+console = Console(stderr=True)
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StackSettings(BaseSettings):
+    """Settings of ``mathagent up`` (the same MATHAGENT_* variables the services read)."""
+
+    model_config = SettingsConfigDict(env_prefix="MATHAGENT_", env_file=".env", extra="ignore")
+
+    dev: bool = Field(False, description="development mode (relaxed admin token and sandbox strictness)")
+    state_dir: Path = Field(Path("~/.cache/mathagent"), description="model cache, logs, private redis data")
+    model: str = Field("smollm2", description="model spec: 'smollm2', a checkpoint directory or a hub id")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    host: str = Field("127.0.0.1", description="gateway bind address")
+    port: int = Field(8000, ge=1, le=65535, description="gateway port")
+    admin_token: SecretStr = Field(SecretStr(""), description="admin bearer token; generated into the state dir if unset")
+    start_timeout_s: float = Field(300.0, gt=0, description="how long each service may take to become healthy")
+
+    @model_validator(mode="after")
+    def _expand(self) -> StackSettings:
+        self.state_dir = self.state_dir.expanduser()
+        return self
+
+
+class StackError(RuntimeError):
+    """A component could not start; the message is one line naming the setting or the fix."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    where: str
+    log: Path
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the launcher
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def _wait(what: str, ready: Callable[[], bool], child: Child | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and child.proc.poll() is not None:
+            tail = child.log.read_text(errors="replace").strip().splitlines()[-5:] if child.log.exists() else []
+            raise StackError(f"{what} exited with status {child.proc.returncode}; last log lines:\n  " + "\n  ".join(tail))
+        if ready():
+            return
+        time.sleep(0.2)
+    raise StackError(f"{what} did not become healthy within {timeout:.0f}s (see {child.log if child else ''})")
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.s = settings
+        self.children: list[Child] = []
+        self.logs = settings.state_dir / "logs"
+        self.env = dict(os.environ)
+
+    def spawn(self, name: str, argv: list[str], where: str, env: dict[str, str] | None = None) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                env=env if env is not None else self.env, start_new_session=True, preexec_fn=_pdeathsig,
+            )
+        child = Child(name, proc, where, log)
+        self.children.append(child)
+        return child
+
+    # -- components -------------------------------------------------------------------------
+    def model(self) -> str:
+        from agent import modelstore
+
+        resolved = modelstore.resolve(self.s.model, self.s.state_dir)
+        return f"{self.s.model} ({resolved.version}) at {resolved.path}"
+
+    def redis(self) -> str:
+        url = self.s.redis_url
+        if redis_answers(url):
+            return f"{url} (existing)"
+        parsed = urlparse(url)
+        exe = shutil.which("redis-server")
+        if parsed.hostname not in LOOPBACK or exe is None:
+            raise StackError(
+                f"MATHAGENT_REDIS_URL={url}: nothing answers there. Start Redis (Debian: apt-get install "
+                "redis-server) or point MATHAGENT_REDIS_URL at a running one"
+            )
+        data = self.s.state_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        port = str(parsed.port or 6379)
+        child = self.spawn("redis", [exe, "--port", port, "--bind", "127.0.0.1", "--dir", str(data),
+                                     "--appendonly", "yes", "--save", "", "--protected-mode", "yes"], "")
+        _wait("redis", lambda: redis_answers(url, 0.5), child, 30)
+        child.where = f"{url} (private, data in {data})"
+        return child.where
+
+    def sandbox(self) -> str:
+        import asyncio
+
+        from sandbox.client import SandboxClient
+
+        sock = self.s.state_dir / "sandbox.sock"
+        url = f"unix://{sock}"
+        self.env["MATHAGENT_SANDBOX_URL"] = url
+        # The sandbox supervisor holds no secrets: it gets a minimal environment, not ours.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MATHAGENT_STATE_DIR": str(self.s.state_dir)}
+        if self.s.dev:
+            env["MATHAGENT_DEV"] = "1"
+        child = self.spawn("sandbox", [sys.executable, "-m", "sandbox", "serve", "--socket", str(sock)], url, env)
+
+        def ready() -> bool:
+            async def probe() -> bool:
+                async with SandboxClient(url) as client:
+                    await client.health()
+                    return True
+
+            try:
+                return asyncio.run(probe())
+            except Exception:
+                return False
+
+        _wait("sandbox", ready, child, self.s.start_timeout_s)
+        return url
+
+    def gateway(self) -> str:
+        import httpx
+
+        token = self.s.admin_token.get_secret_value()
+        if not token:
+            token = self._stored_token()
+        self.env["MATHAGENT_ADMIN_TOKEN"] = token
+        url = f"http://{self.s.host}:{self.s.port}"
+        child = self.spawn("gateway", [sys.executable, "-m", "api", "serve"], url)
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait("gateway", ready, child, self.s.start_timeout_s)
+        return url
+
+    def _stored_token(self) -> str:
+        path = self.s.state_dir / "admin_token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in reversed(self.children):
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)  # the group: grandchildren too
+            child.proc.wait()
+
+    def run(self) -> int:
+        steps: list[tuple[str, Callable[[], str]]] = [
+            ("model", self.model), ("redis", self.redis), ("sandbox", self.sandbox), ("gateway", self.gateway),
+        ]
+        stopping = False
+
+        def on_signal(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_signal)
+        table = Table(title="mathagent is up", show_header=True)
+        table.add_column("component")
+        table.add_column("where")
+        try:
+            for name, start in steps:
+                with console.status(f"starting {name}..."):
+                    table.add_row(name, start())
+            table.add_row("chat page", f"http://{self.s.host}:{self.s.port}/")
+            table.add_row("admin token", str(self.s.state_dir / "admin_token") if not self.s.admin_token.get_secret_value() else "MATHAGENT_ADMIN_TOKEN")
+            table.add_row("logs", str(self.logs))
+            console.print(table)
+            console.print("Press Ctrl-C to stop everything.")
+            while True:
+                for child in self.children:
+                    if child.proc.poll() is not None:
+                        console.print(f"[red]{child.name} exited with status {child.proc.returncode}; stopping (see {child.log})")
+                        return 1
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            console.print("stopping...")
+            return 0
+        except (StackError, ModelSpecError) as exc:
+            console.print(f"[red]mathagent up: {exc}")
+            return 1
+        finally:
+            self.stop()
+            console.print(f"stopped {len(self.children)} process(es).")
