@@ -1,0 +1,120 @@
+"""What runs inside an isolated worker: execute cells, report the outcome, trim tracebacks.
+
+Cells run in one ``__main__``-like namespace (a session keeps it between cells). Like a notebook, the
+value of a trailing expression is printed when it is not None. Tracebacks keep only frames of the
+user's cells (``<cell N>``): no harness frames, no library frames with host paths.
+The worker's result classification is decided by the supervisor from outside; the "done" message
+sent here only says whether the cell raised (hostile code can forge it, which only lies about itself).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import linecache
+import socket
+import sys
+import traceback
+import types
+
+from sandbox import protocol
+
+
+def _keep_cell_frames(te: traceback.TracebackException) -> None:
+    seen: set[int] = set()
+    cur: traceback.TracebackException | None = te
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cur.stack = traceback.StackSummary.from_list(
+            [f for f in cur.stack if f.filename.startswith("<cell ")]
+        )
+        if (cur.exc_type is not None and issubclass(cur.exc_type, SyntaxError) and cur.filename
+                and not cur.filename.startswith("<cell ")):
+            cur.filename = "<library>"
+        cur = cur.__cause__ or cur.__context__
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+    _keep_cell_frames(te)
+    return "".join(te.format())
+
+
+def _compile_cell(code: str, filename: str) -> tuple[types.CodeType, types.CodeType | None]:
+    tree = ast.parse(code, filename, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        expr = tree.body.pop()
+        assert isinstance(expr, ast.Expr)
+        last = compile(ast.Expression(expr.value), filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
+def run_cell(code: str, cell_no: int, namespace: dict) -> tuple[bool, str | None]:
+    """Execute one cell; returns (raised, exception type name)."""
+    filename = f"<cell {cell_no}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    try:
+        body, last = _compile_cell(code, filename)
+        exec(body, namespace)
+        if last is not None:
+            value = eval(last, namespace)
+            if value is not None:
+                print(repr(value))
+    except SystemExit as e:
+        if e.code in (None, 0):
+            return False, None
+        sys.stderr.write(format_user_traceback(e))
+        return True, "SystemExit"
+    except BaseException as e:
+        try:
+            sys.stderr.write(format_user_traceback(e))
+        except BaseException:
+            sys.stderr.write(f"{type(e).__name__}\n")
+        return True, type(e).__name__
+    return False, None
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def serve(ctl: socket.socket, persistent: bool) -> None:
+    """Answer execute messages on ``ctl`` until it closes (stateless workers take exactly one)."""
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    cell_no = 0
+    while True:
+        try:
+            msg = protocol.recv(ctl)
+        except (OSError, EOFError, ValueError):
+            _exit_now()
+        cell_no += 1
+        raised, exc_type = run_cell(msg["code"], cell_no, namespace)
+        _flush()
+        try:
+            ctl.sendall(protocol.encode({"op": "done", "raised": raised, "exc_type": exc_type}))
+        except OSError:
+            _exit_now()
+        if not persistent:
+            # Single use: wait for the supervisor to kill us.
+            try:
+                ctl.recv(1)
+            except OSError:
+                pass
+            _exit_now()
+
+
+def _exit_now() -> None:
+    import os
+
+    os._exit(0)

@@ -1,0 +1,67 @@
+"""``running_sandbox(tmp_dir)``: a real ``python -m sandbox serve`` on a unix socket, for tests.
+
+Dev mode (so it starts where a protection is missing) but with every protection the host supports.
+Yields a connected ``SandboxClient``; stops the service (and its zygote and workers) on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sandbox.client import SandboxClient, SandboxUnreachable
+
+
+@contextlib.asynccontextmanager
+async def running_sandbox(tmp_dir: str | os.PathLike[str], *, startup_timeout_s: float = 90.0,
+                          extra_env: dict[str, str] | None = None, **settings: object) -> AsyncIterator[SandboxClient]:
+    """Start the service; extra keyword settings become ``MATHAGENT_SANDBOX_<NAME>`` variables;
+    ``extra_env`` is added to the service's environment (which ``serve`` then scrubs)."""
+    tmp = Path(tmp_dir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    sock = tmp / "sandbox.sock"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "MATHAGENT_DEV": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    env.update(extra_env or {})
+    for k, v in settings.items():
+        env[f"MATHAGENT_SANDBOX_{k.upper()}"] = str(v)
+    log_path = tmp / "sandbox-service.log"
+    log = open(log_path, "wb")  # noqa: SIM115  (handed to the child; closed in finally)
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--socket", str(sock)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    client = SandboxClient(f"unix://{sock}")
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sandbox service exited ({proc.returncode}): {log_path.read_text()[-3000:]}")
+            if sock.exists():
+                with contextlib.suppress(SandboxUnreachable):
+                    h = await client.health()
+                    if h.get("status") == "ok":
+                        break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sandbox service did not start: {log_path.read_text()[-3000:]}")
+            await asyncio.sleep(0.02)
+        yield client
+    finally:
+        await client.aclose()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        log.close()

@@ -1,0 +1,49 @@
+"""``python -m sandbox exec`` and ``doctor`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SNIPPETS = {
+    "print(1+1)": "ok",
+    "1/0": "error",
+    "import os\nos.fork()": "error",
+    "import time\ntime.sleep(30)": "timeout",
+    "import ctypes\nctypes.string_at(0)": "crashed",
+    "print('x' * 10**7)": "output_truncated",
+    "open('/etc/pwned', 'w')": "error",
+}
+
+
+def _exec(code: str, env: dict[str, str], *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "sandbox", "exec", "--timeout", "1.5", *args, "-"], input=code,
+                       capture_output=True, text=True, env=env, timeout=120)
+    lines = p.stdout.strip().splitlines()
+    assert p.returncode == 0 and len(lines) == 1, p.stderr[-2000:]
+    return json.loads(lines[0])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("code", list(SNIPPETS))
+async def test_exec_against_running_service(code: str, sandbox) -> None:
+    env = {"PATH": os.environ["PATH"], "MATHAGENT_SANDBOX_URL": sandbox.url, "MATHAGENT_DEV": "1"}
+    assert _exec(code, env)["status"] == SNIPPETS[code]
+
+
+def test_exec_starts_an_ephemeral_supervisor(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "MATHAGENT_SANDBOX_URL": f"unix://{tmp_path}/none.sock", "MATHAGENT_DEV": "1"}
+    out = _exec("import sympy as sp\nx = sp.symbols('x')\nprint(sp.solve(x**2 - 4, x))", env)
+    assert out["status"] == "ok" and out["stdout"] == "[-2, 2]\n"
+
+
+def test_doctor_lists_protections() -> None:
+    p = subprocess.run([sys.executable, "-m", "sandbox", "doctor"], capture_output=True, text=True, timeout=60)
+    report = json.loads(p.stdout)
+    assert set(report["host"]) >= {"uid", "mount_ns", "net_ns", "landlock", "seccomp", "cgroup_memory"}
+    assert p.returncode == (1 if report["missing"] else 0)
