@@ -3,6 +3,8 @@ so that ``mathagent --help`` stays fast and a command pays only for what it uses
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help="mathagent: a tool-integrated math agent that improves itself.", no_args_is_help=True)
@@ -62,6 +64,144 @@ def config_example() -> None:
     from agent.configuration import example_env
 
     typer.echo(example_env(), nl=False)
+
+
+@app.command()
+def solve(
+    problem: str = typer.Argument(..., help="the math problem"),
+    gold: str | None = typer.Option(None, help="the gold answer: grade the result"),
+    samples: int = typer.Option(1, help="sample k episodes and take a majority vote"),
+    revisions: int = typer.Option(0, help="self-revise each answer n times (SRPO inference)"),
+    mode: str = typer.Option("tir", help="tir (python tool), cot (chain of thought) or arc (multiple choice)"),
+    max_turns: int | None = typer.Option(None, help="tool calls at most (default MATHAGENT_MAX_TURNS)"),
+    temperature: float | None = typer.Option(None, help="default: 0 for one sample, 0.8 for several"),
+    seed: int | None = typer.Option(None, help="sampling seed"),
+    json_out: bool = typer.Option(False, "--json", help="print the result and trajectories as one JSON object"),
+) -> None:
+    """Solve one problem with the agent and show the trajectory (code, output, answer, grade)."""
+    from agent.commands import run_solve
+
+    raise typer.Exit(run_solve(problem, gold=gold, samples=samples, revisions=revisions, mode=mode,
+                               max_turns=max_turns, temperature=temperature, seed=seed, as_json=json_out))
+
+
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Option("gsm8k", help="gsm8k, math, math500, arc or synthetic"),
+    split: str = typer.Option("test", help="train / test (synthetic: easy, medium, hard or mixed)"),
+    limit: int | None = typer.Option(None, help="first N problems"),
+    samples: int = typer.Option(1, help="k > 1 adds maj@k (temperature 0.8)"),
+    mode: str = typer.Option("tir", help="tir or cot (arc data always uses the arc prompt)"),
+    data_dir: Path | None = typer.Option(None, help="folder with gsm8k/, math/, arc_challenge/ (else the HF hub)"),
+    out: Path | None = typer.Option(None, help="trajectories JSONL (default eval-<dataset>-<split>-<time>.jsonl)"),
+    concurrency: int = typer.Option(8, help="problems in flight (their generation is batched)"),
+    seed: int = typer.Option(0, help="sampling / synthetic seed"),
+) -> None:
+    """Greedy and maj@k accuracy on a data set; writes every trajectory to a JSONL file."""
+    from agent.commands import run_eval
+
+    raise typer.Exit(run_eval(dataset, split=split, limit=limit, samples=samples, mode=mode, data_dir=data_dir,
+                              out=out, concurrency=concurrency, seed=seed))
+
+
+@bench_app.command("agent")
+def bench_agent(
+    episodes: int = typer.Option(8, help="episodes, run 8-wide concurrently and then one at a time"),
+    max_new_tokens: int = typer.Option(96, help="per model turn (kept small: the sequential leg is slow on CPU)"),
+    max_turns: int = typer.Option(2, help="tool calls per episode"),
+    seed: int = typer.Option(0, help="synthetic problem seed"),
+) -> None:
+    """Agent throughput with the embedded model: concurrent vs sequential episodes, side by side."""
+    from agent.bench_agent import run_bench
+
+    raise typer.Exit(run_bench(episodes=episodes, max_new_tokens=max_new_tokens, max_turns=max_turns, seed=seed))
+
+
+@bench_app.command("engine")
+def bench_engine(
+    model: str = typer.Option("smollm2", help="model spec (smollm2, a checkpoint directory...)"),
+    new_tokens: int = typer.Option(48, help="new tokens per request"),
+) -> None:
+    """In-process engine tokens/s: 1 vs 8 concurrent requests, 1 vs 2 torch threads, side by side."""
+    from agent.engines.bench import run
+
+    run(model, new_tokens)
+
+
+@app.command()
+def pairs(
+    out: Path = typer.Option(..., "--out", help="pairs JSONL to write"),
+    scheme: str = typer.Option("irpo", help="irpo, mdpo, scpo or feedback"),
+    from_file: list[Path] = typer.Option([], "--from-file", help="JSONL of trajectories (repeatable)"),
+    from_redis: bool = typer.Option(False, "--from-redis", help="read the trajectory stream (MATHAGENT_REDIS_URL)"),
+    redis_prefix: str | None = typer.Option(None, help="trajectory log key prefix (default MATHAGENT_REDIS_PREFIX)"),
+    k: int = typer.Option(10, help="irpo/feedback: pairs per problem"),
+    tau: float = typer.Option(0.5, help="scpo: minimum vote share of the top answer"),
+    max_length: int | None = typer.Option(2048, help="drop pairs with a longer sequence"),
+    seed: int = typer.Option(0, help="mdpo: seed of the random choice"),
+    gold_data: Path | None = typer.Option(None, help="irpo: GSM8K/MATH JSONL whose gold solutions join the winners"),
+    model: str = typer.Option("smollm2", help="tokenizer for rendering gold solutions"),
+) -> None:
+    """Build preference pairs from logged trajectories; prints counts per filter."""
+    from trainer.commands import pairs_command
+
+    pairs_command(files=from_file, from_redis=from_redis, stream_prefix=redis_prefix, scheme=scheme, out=out, k=k,
+                  tau=tau, max_length=max_length, seed=seed, gold_data=gold_data, model=model)
+
+
+@app.command()
+def train(
+    pairs: Path = typer.Option(..., help="pairs JSONL from `mathagent pairs`"),
+    out: Path = typer.Option(..., help="output directory: checkpoint, curves.jsonl, state"),
+    loss: str = typer.Option("dpo+nll", help="dpo, dpo+nll, ipo, kto, sft or srpo"),
+    beta: float = typer.Option(0.1, help="DPO temperature"),
+    alpha: float = typer.Option(1.0, help="dpo+nll: NLL coefficient; srpo: self-improvement weight"),
+    lora: bool = typer.Option(False, "--lora", help="train a LoRA adapter (merged on save)"),
+    model: str = typer.Option("smollm2", help="starting policy spec"),
+    ref_model: str | None = typer.Option(None, help="fixed reference spec (default: the starting policy)"),
+    lr: float | None = typer.Option(None, help="peak learning rate (default 7e-7)"),
+    epochs: int | None = typer.Option(None, help="passes over the pairs (default 1)"),
+    max_steps: int | None = typer.Option(None, help="optimizer steps at most"),
+    batch_size: int | None = typer.Option(None, help="pairs per micro-batch per process (default 4)"),
+    grad_accum: int | None = typer.Option(None, help="micro-batches per optimizer step (default 1)"),
+    max_length: int | None = typer.Option(None, help="sequence length cap (default 2048)"),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="save memory, cost compute"),
+    save_steps: int | None = typer.Option(None, help="save resumable state every N steps"),
+    resume: bool = typer.Option(False, "--resume", help="continue from <out>/state"),
+    seed: int | None = typer.Option(None, help="data order seed"),
+) -> None:
+    """Train the policy on pairs (masked multi-turn DPO + NLL by default); writes a loadable checkpoint."""
+    from trainer.commands import train_command
+
+    train_command(dict(pairs=pairs, out=out, loss=loss, beta=beta, alpha=alpha, lora=lora, model=model,
+                       ref_model=ref_model, lr=lr, epochs=epochs, max_steps=max_steps, per_device_batch_size=batch_size,
+                       gradient_accumulation_steps=grad_accum, max_length=max_length,
+                       gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, resume=resume, seed=seed))
+
+
+@bench_app.command("trainer")
+def bench_trainer(
+    pairs: int = typer.Option(16, help="single-turn pairs in the benchmark"),
+    batch_size: int = typer.Option(4, help="pairs per step for both contestants"),
+    model: str = typer.Option("smollm2", help="model spec both contestants train"),
+) -> None:
+    """Our training step vs TRL's DPOTrainer on the same pairs: tokens/s, peak memory, first loss."""
+    from trainer.bench import main as bench_main
+
+    bench_main(n_pairs=pairs, batch_size=batch_size, model=model)
+
+
+@bench_app.command("sandbox")
+def bench_sandbox(
+    n: int = typer.Option(200, help="executions per latency row"),
+    callers: int = typer.Option(4, help="concurrent callers for the throughput row"),
+) -> None:
+    """Sandbox p50/p99 (stateless, session) beside subprocess `python3 -c`, throughput and the ratios."""
+    import asyncio
+
+    from sandbox.bench import run_bench
+
+    asyncio.run(run_bench(n=n, callers=callers))
 
 
 def main() -> None:

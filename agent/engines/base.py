@@ -70,3 +70,15 @@ class Engine(Protocol):
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
 
     async def aclose(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """An inference back end failed to serve a request (the message says why)."""
+
+
+class EngineRequestError(EngineError, ValueError):
+    """The request itself is invalid (empty prompt, unknown model version, n with streaming...)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The back end cannot be reached or has been closed."""

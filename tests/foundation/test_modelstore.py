@@ -51,7 +51,7 @@ def test_local_directory_spec(tmp_path: Path, embedded: modelstore.ResolvedModel
 
 
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(modelstore.ModelSpecError, match="no config.json"):
+    with pytest.raises(modelstore.ModelSpecError, match=r"no config\.json"):
         modelstore.resolve(str(tmp_path), STATE)
 
 

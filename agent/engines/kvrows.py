@@ -1,0 +1,199 @@
+"""Per-row KV cache, row-wise attention and the batch-invariance probe of the transformers engine.
+
+Why this is hand-written (and not ``model.generate`` with left padding): the greedy tokens of a
+request must not depend on what else shares its batch. On CPU two things break that with the
+usual padded batch:
+
+- attention over a left-padded key range of another length rounds differently;
+- the GEMM kernel MKL / oneDNN picks depends on the number of rows M (measured here: an fp32
+  ``linear`` row differs bit-wise between M=1 and M=2, and again from M=16 on).
+
+So every sequence keeps its own KV buffers (:class:`RowCache`, no padding ever), attention runs
+per row (:func:`rowwise_attention`), and only the linear layers run batched, in chunk sizes that
+:func:`invariant_chunk_size` verified to give bit-identical rows on this machine, thread count and
+model shapes. A lone row is paired with a scratch row so it goes through the same kernel as a
+batch. No library offers batch-invariant CPU decoding for transformers models; this is small.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+
+ATTN_IMPLEMENTATION = "mathagent_rowwise"
+
+
+class RowCache:
+    """Keys and values of one sequence for every layer, in buffers that grow by doubling
+    (an append copies only the new token, unlike ``torch.cat`` of a DynamicCache)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.lengths = [0] * num_layers
+
+    @property
+    def length(self) -> int:
+        """Tokens cached (equal across layers between forward passes)."""
+        return self.lengths[-1]
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``key``/``value`` ([1, kv_heads, q, head_dim]); return views of all keys/values so far."""
+        n, q = self.lengths[layer], key.shape[2]
+        kbuf, vbuf = self.keys[layer], self.values[layer]
+        if kbuf is None or vbuf is None or n + q > kbuf.shape[2]:
+            cap = max(64, 2 * (n + q))
+            new_k = key.new_empty(key.shape[0], key.shape[1], cap, key.shape[3])
+            new_v = value.new_empty(value.shape[0], value.shape[1], cap, value.shape[3])
+            if kbuf is not None and vbuf is not None:
+                new_k[:, :, :n] = kbuf[:, :, :n]
+                new_v[:, :, :n] = vbuf[:, :, :n]
+            kbuf, vbuf = new_k, new_v
+            self.keys[layer], self.values[layer] = kbuf, vbuf
+        kbuf[:, :, n : n + q] = key
+        vbuf[:, :, n : n + q] = value
+        self.lengths[layer] = n + q
+        return kbuf[:, :, : n + q], vbuf[:, :, : n + q]
+
+    def clone(self) -> RowCache:
+        """An independent copy with the same buffer capacity (so a copy computes exactly as the original)."""
+        other = RowCache(len(self.lengths))
+        other.keys = [None if k is None else k.clone() for k in self.keys]
+        other.values = [None if v is None else v.clone() for v in self.values]
+        other.lengths = list(self.lengths)
+        return other
+
+
+class BatchCache:
+    """What the model sees as ``past_key_values`` for one forward pass over some rows.
+
+    ``update`` is the only method transformers' Llama-style attention calls; it returns per-row
+    lists that :func:`rowwise_attention` understands. A ``None`` row is a scratch row: its keys
+    are used for this step only and never stored.
+    """
+
+    def __init__(self, rows: list[RowCache | None]) -> None:
+        self.rows = rows
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        for i, row in enumerate(self.rows):
+            k, v = key_states[i : i + 1], value_states[i : i + 1]
+            if row is not None:
+                k, v = row.append(layer_idx, k, v)
+            keys.append(k)
+            values.append(v)
+        return keys, values
+
+
+def rowwise_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor | list[torch.Tensor],
+    value: torch.Tensor | list[torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """Attention one row at a time over that row's own keys (a transformers attention function).
+
+    With ordinary tensors (the model used elsewhere, e.g. by a trainer with a DynamicCache) it
+    falls back to transformers' SDPA implementation.
+    """
+    if isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)  # type: ignore[arg-type]
+    outs = []
+    q_len = query.shape[2]
+    for i in range(query.shape[0]):
+        k, v = key[i], value[i]
+        if q_len > 1 and k.shape[2] != q_len:
+            raise RuntimeError("rowwise attention: a multi-token step must start from an empty cache")
+        outs.append(
+            F.scaled_dot_product_attention(query[i : i + 1], k, v, is_causal=q_len > 1, scale=scaling, enable_gqa=True)
+        )
+    return torch.cat(outs, dim=0).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, rowwise_attention)
+
+
+def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
+    """Switch ``model`` to row-wise attention (in place) and to eval mode."""
+    model.eval()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    if model.config._attn_implementation != ATTN_IMPLEMENTATION:
+        raise ValueError(f"{type(model).__name__} does not accept a custom attention implementation")
+    return model
+
+
+@torch.inference_mode()
+def invariant_chunk_size(model: PreTrainedModel, limit: int) -> int:
+    """Largest chunk size C <= ``limit`` such that every linear layer of ``model`` gives bit-identical
+    rows for every row count M in [2, C] and every row position (1 = no batching is invariant).
+
+    Depends on the kernel library, the CPU and ``torch.get_num_threads()``: measured, not assumed.
+    """
+    weights: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            weights.setdefault((mod.out_features, mod.in_features, mod.weight.dtype), mod.weight)
+    gen = torch.Generator().manual_seed(0)
+    best = max(1, limit)
+    for (_, n_in, dtype), weight in weights.items():
+        if best < 2:
+            break
+        x = torch.randn(best, 1, n_in, generator=gen).to(dtype)
+        ref = [F.linear(torch.cat([x[j : j + 1], x[j : j + 1]]), weight)[0] for j in range(best)]
+        for m in range(2, best + 1):
+            y = F.linear(x[:m], weight)
+            if not all(torch.equal(y[j], ref[j]) for j in range(m)):
+                best = m - 1
+                break
+    return best
+
+
+@torch.inference_mode()
+def prefill(model: PreTrainedModel, prompt_ids: list[int]) -> tuple[RowCache, torch.Tensor]:
+    """Run one prompt alone; return its cache and the float32 logits of the next token."""
+    cache = RowCache(int(model.config.num_hidden_layers))
+    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    positions = torch.arange(ids.shape[1], dtype=torch.long).unsqueeze(0)
+    out = model(input_ids=ids, position_ids=positions, past_key_values=BatchCache([cache]), use_cache=True, logits_to_keep=1)
+    return cache, out.logits[0, -1].float()
+
+
+@torch.inference_mode()
+def decode_step(model: PreTrainedModel, caches: list[RowCache], tokens: list[int], chunk_size: int) -> torch.Tensor:
+    """Feed ``tokens[i]`` to row ``caches[i]`` (appending to it); return float32 next-token logits [rows, vocab].
+
+    Rows run in balanced chunks of at most ``chunk_size`` (see :func:`invariant_chunk_size`); a
+    chunk of one row gets a scratch partner when ``chunk_size >= 2``, so a row alone computes
+    exactly as in any batch.
+    """
+    n_chunks = -(-len(caches) // chunk_size)
+    per = -(-len(caches) // n_chunks)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(caches), per):
+        rows: list[RowCache | None] = list(caches[start : start + per])
+        inputs = tokens[start : start + per]
+        positions = [r.length for r in caches[start : start + per]]
+        if len(rows) == 1 and chunk_size >= 2:
+            rows.append(None)
+            inputs = [*inputs, inputs[0]]
+            positions = [*positions, positions[0]]
+        logits = model(
+            input_ids=torch.tensor(inputs, dtype=torch.long).unsqueeze(1),
+            position_ids=torch.tensor(positions, dtype=torch.long).unsqueeze(1),
+            past_key_values=BatchCache(rows),
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        out.append(logits[: len(caches[start : start + per]), -1].float())
+    return torch.cat(out, dim=0)

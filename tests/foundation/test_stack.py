@@ -1,0 +1,83 @@
+"""`mathagent up` end to end: it starts every component, /healthz reports them, and Ctrl-C
+(SIGINT) stops every process it started, leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MATHAGENT = str(Path(sys.executable).with_name("mathagent"))
+CACHE = Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "models").mkdir(parents=True)
+    (state / "models" / "smollm2").symlink_to(CACHE / "models" / "smollm2")
+    redis_port, api_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MATHAGENT_")}
+    env.update(
+        MATHAGENT_STATE_DIR=str(state),
+        MATHAGENT_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",  # nothing there: up starts a private one
+        MATHAGENT_PORT=str(api_port),
+        MATHAGENT_DEV="1",
+        HF_HUB_OFFLINE="1",
+    )
+    proc = subprocess.Popen([MATHAGENT, "up"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        health = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5)
+                if r.status_code == 200:
+                    health = r.json()
+                    if health["components"]["sandbox"]["status"] == "up":
+                        break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert health is not None, f"gateway never answered; up exited with {proc.poll()}"
+        comps = health["components"]
+        for name in ("gateway", "model", "redis", "sandbox"):
+            assert comps[name]["status"] == "up", (name, comps[name])
+        assert str(redis_port) in comps["redis"]["url"]
+        assert (state / "redis").is_dir(), "the private redis keeps its data under the state dir"
+        seen = _descendants(proc.pid)
+        assert len(seen) >= 3  # redis, sandbox (+ its workers), gateway
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "mathagent is up" in out and "stopped" in out
+    time.sleep(0.5)
+    alive = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=2)
