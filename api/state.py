@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from api.idempotency import IdempotencyStore
+from api.limits import RateLimiter
+from api.metrics import Metrics
 from api.settings import GatewaySettings
 
 
@@ -16,4 +20,21 @@ class AppState:
     redis: aioredis.Redis
     sandbox: Any = None  # sandbox.client.SandboxClient
     engine: Any = None  # agent.engines.base.Engine
+    trajectory_log: Any = None  # agent.trajlog.TrajectoryLog
+    solver: Any = None  # agent.solver.Solver
+    metrics: Metrics = field(default_factory=Metrics)
+    limiter: RateLimiter | None = None
+    idempotency: IdempotencyStore | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.redis, s.redis_prefix, s.rate_limit_per_minute)
+        if self.idempotency is None:
+            self.idempotency = IdempotencyStore(self.redis, s.redis_prefix, s.idempotency_ttl_s)
+
+    @property
+    def model_version(self) -> str | None:
+        return str(self.engine.model_version) if self.engine is not None else None

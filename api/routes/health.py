@@ -1,4 +1,4 @@
-"""Liveness and component health."""
+"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import State
 
@@ -27,7 +29,10 @@ async def _sandbox(state: State) -> dict[str, Any]:
         return {"status": "down", "error": "no sandbox client"}
     try:
         info = await asyncio.wait_for(state.sandbox.health(), 3.0)
-        return {"status": "up", **info}
+        if hasattr(info, "model_dump"):
+            info = info.model_dump(mode="json")
+        detail = info if isinstance(info, dict) else {}
+        return {"status": "up" if detail.get("status", "ok") == "ok" else "down", "detail": detail}
     except Exception as exc:
         return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:200]}
 
@@ -38,6 +43,13 @@ async def _trainer(state: State) -> dict[str, Any]:
     except Exception:
         return {"status": "unknown", "error": "redis down"}
     return {"status": "up", "detail": raw.decode()} if raw else {"status": "down"}
+
+
+def _model(state: State) -> dict[str, Any]:
+    if state.engine is None or state.solver is None:
+        return {"status": "down", "error": "model not loaded"}
+    return {"status": "up", "version": state.model_version, "spec": state.settings.model,
+            "engine": state.settings.engine, "public_id": state.settings.public_model_id}
 
 
 def _redact(url: str) -> str:
@@ -51,14 +63,25 @@ def _redact(url: str) -> str:
 async def healthz(state: State) -> dict[str, Any]:
     """Liveness, plus the state of every component (never fails because a component is down)."""
     redis_s, sandbox_s, trainer_s = await asyncio.gather(_redis(state), _sandbox(state), _trainer(state))
-    engine = state.engine
-    model = (
-        {"status": "up", "version": engine.model_version, "spec": state.settings.model}
-        if engine is not None
-        else {"status": "down"}
-    )
     return {
         "status": "ok",
-        "components": {"gateway": {"status": "up"}, "model": model, "redis": redis_s,
+        "components": {"gateway": {"status": "up"}, "model": _model(state), "redis": redis_s,
                        "sandbox": sandbox_s, "trainer": trainer_s},
     }
+
+
+@router.get("/readyz", responses={503: {"description": "a component the gateway needs is down"}})
+async def readyz(state: State) -> JSONResponse:
+    """Ready to solve: the model is loaded, the sandbox answers, Redis answers (each listed)."""
+    redis_s, sandbox_s = await asyncio.gather(_redis(state), _sandbox(state))
+    checks = {"model": _model(state), "sandbox": sandbox_s, "redis": redis_s}
+    ready = all(c["status"] == "up" for c in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: State) -> Response:
+    """Prometheus exposition: requests and latency by route, episodes, sandbox calls, tokens, version."""
+    if state.model_version:
+        state.metrics.set_version(state.model_version)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,238 @@
+"""The solve service behind ``/v1/solve`` and ``/v1/chat/completions``: limits, metrics,
+cancellation, and the translation of the solver's typed events into wire events.
+
+Routers stay thin: they parse, call these functions, and shape the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from agent.events import AnswerEvent, CodeCell, EpisodeDone, EpisodeStart, SandboxOutput, TextDelta
+from agent.solver import SolveDone, SolveError, SolveResult
+from agent.trajectory import Mode, SegmentKind, Trajectory
+from api.errors import ApiError
+from api.protocol import (
+    AnswerEv,
+    CodeEv,
+    EpisodeDoneEv,
+    ObservationEv,
+    SolveResponse,
+    StartEv,
+    TextEv,
+    VoteOut,
+    call_out,
+)
+from api.state import AppState
+
+log = logging.getLogger("mathagent.api")
+T = TypeVar("T")
+
+
+class SolveArgs:
+    """The arguments of one solve, checked against the deployment's caps."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        gold: str | None = None,
+        mode: Mode = Mode.tir,
+        max_turns: int | None = None,
+        samples: int = 1,
+        temperature: float | None = None,
+        revisions: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        self.problem = problem
+        self.gold = gold
+        self.mode = mode
+        self.max_turns = max_turns
+        self.samples = samples
+        self.temperature = temperature
+        self.revisions = revisions
+        self.seed = seed
+
+    def check(self, state: AppState, *, problem_param: str = "problem") -> None:
+        s = state.settings
+        if not self.problem.strip():
+            raise ApiError(422, f"{problem_param}: must not be empty", param=problem_param, code="empty_problem")
+        if len(self.problem) > s.max_problem_chars:
+            raise ApiError(
+                422, f"{problem_param}: {len(self.problem)} characters; at most {s.max_problem_chars} are accepted",
+                param=problem_param, code="problem_too_long",
+            )
+        if self.samples > s.max_samples:
+            raise ApiError(422, f"samples: at most {s.max_samples} on this server", param="samples", code="too_many_samples")
+        if self.max_turns is not None and self.max_turns > s.max_turns_limit:
+            raise ApiError(422, f"max_turns: at most {s.max_turns_limit} on this server", param="max_turns",
+                           code="too_many_turns")
+        if self.revisions > s.max_revisions:
+            raise ApiError(422, f"revisions: at most {s.max_revisions} on this server", param="revisions",
+                           code="too_many_revisions")
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "gold": self.gold, "mode": self.mode, "max_turns": self.max_turns, "samples": self.samples,
+            "temperature": self.temperature, "revisions": self.revisions, "seed": self.seed, "source": "api",
+        }
+
+
+DEFAULT_SPECIAL = ("<|im_end|>", "<|endoftext|>", "<|im_start|>", "</s>")
+
+
+def special_tokens(state: AppState) -> tuple[str, ...]:
+    """The tokenizer's special tokens (end of turn...): kept in trajectories, hidden from readers."""
+    cached = state.extra.get("special_tokens")
+    if cached is None:
+        tok = getattr(state.engine, "tokenizer", None)
+        found = [t for t in getattr(tok, "all_special_tokens", []) if isinstance(t, str) and t]
+        cached = tuple(sorted(set(found) | set(DEFAULT_SPECIAL), key=len, reverse=True))
+        state.extra["special_tokens"] = cached
+    return tuple(cached)
+
+
+def readable(state: AppState, text: str) -> str:
+    for token in special_tokens(state):
+        if token in text:
+            text = text.replace(token, "")
+    return text
+
+
+def require_solver(state: AppState) -> Any:
+    if state.solver is None:
+        raise ApiError(503, "the model is not loaded yet; retry shortly", code="model_not_ready")
+    return state.solver
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], state: AppState) -> T:
+    """Run ``work``, cancelling it if the client disconnects first (frees engine and sandbox)."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            state.metrics.episodes_cancelled.inc()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise ApiError(499, "client closed the request", code="client_closed")
+        return task.result()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+        if not task.done():
+            task.cancel()
+
+
+async def solve(state: AppState, request: Request, args: SolveArgs) -> SolveResult:
+    solver = require_solver(state)
+    state.metrics.in_flight.inc()
+    try:
+        result: SolveResult = await until_disconnect(request, solver.solve(args.problem, **args.kwargs()), state)
+    except SolveError as exc:
+        raise ApiError(422, str(exc), code="invalid_solve") from None
+    finally:
+        state.metrics.in_flight.dec()
+    for traj in result.trajectories:
+        state.metrics.record_trajectory(traj)
+    return result
+
+
+def main_trajectory(result: SolveResult) -> Trajectory:
+    """The trajectory behind the answer: the first sample's final revision that gave it."""
+    by_id = {t.id: t for t in result.trajectories}
+    finals = [by_id[i] for i in result.final_ids if i in by_id]
+    for traj in finals:
+        if traj.answer == result.answer:
+            return traj
+    return finals[0] if finals else result.trajectories[0]
+
+
+def to_response(state: AppState, result: SolveResult) -> SolveResponse:
+    main = main_trajectory(result)
+    vote = result.vote
+    return SolveResponse(
+        answer=result.answer,
+        correct=result.correct,
+        gold=result.gold,
+        vote=VoteOut(answer=vote.answer, shares=vote.shares, counts=vote.counts, k=vote.k) if vote else None,
+        trajectory_id=main.id,
+        trajectory_ids=result.trajectory_ids,
+        model_version=result.model_version,
+        mode=result.mode,
+        finish_reason=main.finish_reason,
+        text=readable(state, main.response_text()),
+        calls=[call_out(c.turn, c.code, c.result) for c in main.calls],
+        elapsed_ms=result.elapsed_ms,
+    )
+
+
+def usage_of(traj: Trajectory) -> tuple[int, int]:
+    """(prompt tokens, generated tokens) of one trajectory; observations count as prompt."""
+    generated = sum(len(s.token_ids) for s in traj.segments if s.kind is SegmentKind.model)
+    return len(traj.token_ids()) - generated, generated
+
+
+async def events(state: AppState, args: SolveArgs) -> AsyncGenerator[Any, None]:
+    """The solver's events as wire events; the last one is the :class:`SolveResult`.
+
+    Validation errors surface before the first event (the caller can still answer 4xx).
+    Closing this iterator cancels the solve (generation stops, the sandbox session closes).
+    """
+    solver = require_solver(state)
+    stream = solver.stream(args.problem, **args.kwargs(), stream_text=True)
+    state.metrics.in_flight.inc()
+    finished = False
+    try:
+        async with contextlib.aclosing(stream):
+            async for ev in stream:
+                tags = {"trajectory_id": ev.trajectory_id, "sample": ev.sample, "revision": ev.revision} if not isinstance(
+                    ev, SolveDone) else {}
+                if isinstance(ev, EpisodeStart):
+                    yield StartEv(model_version=ev.model_version, **tags)
+                elif isinstance(ev, TextDelta):
+                    yield TextEv(turn=ev.turn, text=readable(state, ev.text), **tags)
+                elif isinstance(ev, CodeCell):
+                    yield CodeEv(turn=ev.turn, code=ev.code, **tags)
+                elif isinstance(ev, SandboxOutput):
+                    r = ev.result
+                    yield ObservationEv(turn=ev.turn, status=str(r.status), stdout=r.stdout, stderr=r.stderr,
+                                        detail=r.detail, wall_ms=r.wall_ms, text=ev.text, **tags)
+                elif isinstance(ev, AnswerEvent):
+                    yield AnswerEv(answer=ev.answer, correct=ev.correct, **tags)
+                elif isinstance(ev, EpisodeDone):
+                    state.metrics.record_trajectory(ev.trajectory)
+                    t = ev.trajectory
+                    yield EpisodeDoneEv(finish_reason=t.finish_reason, answer=t.answer, correct=t.correct, **tags)
+                elif isinstance(ev, SolveDone):
+                    finished = True
+                    yield ev.result
+    except SolveError as exc:
+        raise ApiError(422, str(exc), code="invalid_solve") from None
+    finally:
+        state.metrics.in_flight.dec()
+        if not finished:
+            state.metrics.episodes_cancelled.inc()
+
+
+async def first_event(it: AsyncIterator[Any]) -> Any:
+    """Pull the first event (so bad arguments become a 4xx before the stream starts)."""
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        raise ApiError(500, "the solve produced no events", code="empty_stream") from None
