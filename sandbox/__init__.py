@@ -27,6 +27,12 @@ output). Covered, and why each limit exists:
   RLIMIT_AS only as a generous backstop because numpy/OpenBLAS reserve address space), output
   (the supervisor keeps the first 64 KiB per stream and kills a process that floods), file size
   (RLIMIT_FSIZE), open files (RLIMIT_NOFILE), core dumps off, stdin is /dev/null.
+* Time: code stopped at the wall limit is reported as ``cpu_limit`` when it was computing (its main
+  thread on a CPU or queued for one, read from /proc/<pid>/schedstat, so the class does not depend on
+  how busy the host is) and as ``timeout`` when it was sleeping or blocked.
+* Recovery: a dead zygote is restarted by the supervisor (sessions replay their cells); cgroups left
+  by a supervisor killed with SIGKILL are swept by the next one at start (only groups under our
+  ``mathagent-sandbox-`` prefix whose owning process provably no longer exists).
 * Every stateless execution uses a fresh single-use worker; afterwards everything in its slot is
   killed and its tmpfs vanishes, so tampering never reaches the next execution.
 

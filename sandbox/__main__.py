@@ -76,12 +76,50 @@ async def _exec(args: argparse.Namespace) -> int:
     return 0
 
 
-def _doctor(_: argparse.Namespace) -> int:
+async def _service_health(url: str) -> tuple[dict | None, str]:
+    from sandbox.client import SandboxClient, SandboxUnreachable
+
+    client = SandboxClient(url)
+    try:
+        return await client.health(), ""
+    except (SandboxUnreachable, ValueError) as e:
+        return None, str(e)
+    finally:
+        await client.aclose()
+
+
+def _doctor_quiet(url: str) -> int:
+    """The healthcheck: silent and 0 only when this host has every protection AND a service answers at
+    ``url`` reporting itself up with none missing; otherwise one line on stderr and 1."""
+    from sandbox.capabilities import probe
+
+    problems: list[str] = []
+    missing = probe().missing()
+    if missing:
+        problems.append("host lacks: " + ", ".join(missing))
+    health, err = asyncio.run(_service_health(url))
+    if health is None:
+        problems.append(err)
+    else:
+        if health.get("status") != "ok":
+            problems.append(f"service at {url} reports status {health.get('status')!r}")
+        if health.get("missing"):
+            problems.append("service runs without: " + ", ".join(health["missing"]))
+    if problems:
+        print("sandbox doctor: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
     from sandbox.capabilities import probe
     from sandbox.settings import SandboxSettings
 
-    host = probe()
     settings = SandboxSettings()
+    url = args.url or settings.resolved_url
+    if args.quiet:
+        return _doctor_quiet(url)
+    host = probe()
     missing = host.missing()
     report = {"host": host.model_dump(), "missing": missing, "strict": settings.strict_mode,
               "would_start": not (settings.strict_mode and missing)}
@@ -100,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--session", default=None)
     e.add_argument("--timeout", type=float, default=None)
     e.add_argument("file", help="a file with Python code, or - for stdin")
-    sub.add_parser("doctor", help="print which protections this host supports")
+    d = sub.add_parser("doctor", help="print which protections this host supports")
+    d.add_argument("--quiet", action="store_true",
+                   help="healthcheck: print nothing and exit 0 only if every protection is available and a "
+                        "service answers at the configured URL")
+    d.add_argument("--url", default=None, help="service URL to check (default: MATHAGENT_SANDBOX_URL or the "
+                                               "state dir's socket)")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         return _serve(args)

@@ -3,18 +3,96 @@
 Each worker slot gets one group per controller under ``mathagent-sandbox-<instance>``. The supervisor
 sets limits, reads CPU time and OOM kills from them, and sweeps ``cgroup.procs`` after every run
 (v1 has no ``cgroup.kill``).
+
+The instance name says who owns the groups: ``<pid namespace inode>-<pid>-<process start time>-<random>``
+of the supervisor. A supervisor killed with SIGKILL cannot remove its groups, so every supervisor
+sweeps, at start, the groups of instances whose owner is provably gone (``sweep_stale``): same pid
+namespace and that pid no longer runs with that start time. Groups of live instances, and of owners
+in another pid namespace (which cannot be judged from here), are left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import signal
 import time
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpuacct")
+PREFIX = "mathagent-sandbox-"
+_NEW = re.compile(r"^(\d+)-(\d+)-(\d+)-[0-9a-f]+$")
+_LEGACY = re.compile(r"^(\d+)-[0-9a-f]{6}$")  # <pid>-<random> (before start times were recorded)
+
+
+def _pidns() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def new_instance() -> str:
+    pid = os.getpid()
+    return f"{_pidns()}-{pid}-{_start_time(pid) or 0}-{secrets.token_hex(3)}"
+
+
+def owner_gone(instance: str) -> bool:
+    """True only when the supervisor that named ``instance`` provably no longer runs."""
+    m = _NEW.match(instance)
+    if m:
+        ns, pid, start = (int(g) for g in m.groups())
+        return ns == _pidns() and _start_time(pid) != start
+    m = _LEGACY.match(instance)
+    if m:
+        return _start_time(int(m.group(1))) is None
+    return False
+
+
+def _remove_tree(top: Path) -> bool:
+    """Kill what is left in ``top``'s slot groups and remove them and ``top``; True when gone."""
+    for _ in range(50):
+        slots = [d for d in top.iterdir() if d.is_dir()] if top.exists() else []
+        for d in slots:
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (int(x) for x in (d / "cgroup.procs").read_text().split()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                top.rmdir()
+                return True
+            except OSError:
+                time.sleep(0.02)
+                continue
+        return True
+    return False
+
+
+def sweep_stale(own: str) -> list[str]:
+    """Remove the groups of dead previous instances (see module docstring); returns their names."""
+    removed: set[str] = set()
+    for c in CONTROLLERS:
+        base = ROOT / c
+        try:
+            entries = [e for e in os.listdir(base) if e.startswith(PREFIX)]
+        except OSError:
+            continue
+        for e in entries:
+            inst = e[len(PREFIX):]
+            if inst != own and owner_gone(inst) and _remove_tree(base / e):
+                removed.add(inst)
+    return sorted(removed)
 
 
 def available() -> dict[str, bool]:
@@ -29,7 +107,9 @@ class SlotCgroup:
     """The memory, pids and cpuacct groups of one slot."""
 
     def __init__(self, instance: str, slot: int) -> None:
-        self.dirs = {c: ROOT / c / f"mathagent-sandbox-{instance}" / f"slot{slot}" for c in CONTROLLERS}
+        self.dirs = {c: ROOT / c / f"{PREFIX}{instance}" / f"slot{slot}" for c in CONTROLLERS}
+        self._memory_mb: int | None = None
+        self._fds: dict[str, int] = {}
 
     def create(self, memory_mb: int, pids_max: int) -> None:
         for d in self.dirs.values():
@@ -38,6 +118,7 @@ class SlotCgroup:
         self._write(mem / "memory.limit_in_bytes", str(memory_mb << 20))
         with contextlib.suppress(OSError):  # only present with swap accounting
             self._write(mem / "memory.memsw.limit_in_bytes", str(memory_mb << 20))
+        self._memory_mb = memory_mb
         self._write(self.dirs["pids"] / "pids.max", str(pids_max))
 
     def procs_files(self) -> list[str]:
@@ -49,6 +130,9 @@ class SlotCgroup:
             f.write(value)
 
     def set_memory(self, memory_mb: int) -> None:
+        if memory_mb == self._memory_mb:
+            return  # only the supervisor writes the limit (workers cannot), so the cached value holds
+        self._memory_mb = None
         mem = self.dirs["memory"]
         # memsw must stay >= limit: raise memsw first when growing, lower it last when shrinking.
         with contextlib.suppress(OSError):
@@ -57,21 +141,36 @@ class SlotCgroup:
             self._write(mem / "memory.limit_in_bytes", str(memory_mb << 20))
         with contextlib.suppress(OSError):
             self._write(mem / "memory.memsw.limit_in_bytes", str(memory_mb << 20))
+        self._memory_mb = memory_mb
+
+    def _read(self, controller: str, name: str) -> str:
+        """Read a control file through a descriptor kept open (two syscalls per read, on the hot path)."""
+        key = f"{controller}/{name}"
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._fds[key] = os.open(self.dirs[controller] / name, os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(fd, 4096, 0).decode()
 
     def cpu_ns(self) -> int:
         try:
-            return int((self.dirs["cpuacct"] / "cpuacct.usage").read_text())
+            return int(self._read("cpuacct", "cpuacct.usage"))
         except (OSError, ValueError):
             return 0
 
     def oom_kills(self) -> int:
         try:
-            for line in (self.dirs["memory"] / "memory.oom_control").read_text().splitlines():
+            for line in self._read("memory", "memory.oom_control").splitlines():
                 if line.startswith("oom_kill "):
                     return int(line.split()[1])
         except (OSError, ValueError):
             pass
         return 0
+
+    def close_fds(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
 
     def failcnt(self) -> int:
         try:
@@ -101,6 +200,7 @@ class SlotCgroup:
                 self._write(mem / name, "0")
 
     def remove(self) -> None:
+        self.close_fds()
         for d in self.dirs.values():
             for _ in range(50):
                 try:

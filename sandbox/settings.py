@@ -20,13 +20,15 @@ class SandboxSettings(BaseSettings):
     dev: bool = Field(False, validation_alias=AliasChoices("MATHAGENT_DEV", "MATHAGENT_SANDBOX_DEV"))
     strict: bool | None = Field(None, description="refuse to start without every protection; default: not dev")
 
-    pool_size: int = Field(4, ge=1, le=64, description="pre-forked stateless workers")
+    pool_size: int = Field(6, ge=1, le=64, description="pre-forked stateless workers")
     max_sessions: int = Field(32, ge=0, le=1024, description="live stateful session workers")
     session_ttl_s: float = Field(900.0, gt=0, description="an idle session is evicted after this")
 
     timeout_s: float = Field(10.0, gt=0, description="default wall-clock limit per execution")
     max_timeout_s: float = Field(120.0, gt=0)
-    cpu_s: float | None = Field(None, gt=0, description="CPU limit per execution; default = its wall limit")
+    cpu_s: float | None = Field(None, gt=0, description="CPU limit per execution; default = its wall limit. Code "
+                                "still computing (on a CPU or waiting for one) when the wall limit hits is "
+                                "reported as cpu_limit, code sleeping or blocked as timeout")
     memory_mb: int = Field(1024, ge=32, description="default cgroup memory limit per execution")
     max_memory_mb: int = Field(4096, ge=32)
     pids_max: int = Field(64, ge=4, description="threads per worker (cgroup pids)")
@@ -36,6 +38,8 @@ class SandboxSettings(BaseSettings):
     output_cap: int = Field(64 * 1024, ge=256, description="bytes kept per stream")
     output_kill_factor: int = Field(16, ge=1, description="kill a worker that prints this many caps")
     max_code_bytes: int = Field(1 << 20, ge=1024)
+    prewarm: bool = Field(True, description="run a few typical sympy lines in each worker before it joins the "
+                          "pool, paying its copy-on-write faults off the latency path")
     uid_base: int | None = Field(None, ge=1000, description="first slot uid; default: random per instance")
 
     @model_validator(mode="after")

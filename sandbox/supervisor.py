@@ -6,6 +6,15 @@ kills the worker; sweeping its cgroup and forking a replacement happen in the ba
 latency path). Sessions: one worker per session keeps its globals between cells; if it dies, the
 result says so (``state_reset``) and the next cell first replays the session's successful cells with
 their output discarded.
+
+If the zygote itself dies, a watcher starts a new one (same instance, cgroups and uids) with backoff;
+meanwhile executions wait for a worker, and every pool slot refills as soon as the zygote is back.
+
+Time limits: the wall limit is enforced from outside; so is the CPU limit (cgroup cpuacct). Code killed
+at the wall limit is classified by what it was doing, measured from outside and independent of how
+busy the host is: if its main thread spent most of the run on a CPU or waiting in the run queue for
+one (``/proc/<pid>/schedstat``), or the slot used most of the run in CPU time, it was computing
+(``cpu_limit``); otherwise it was sleeping or blocked (``timeout``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import capabilities, protocol
+from sandbox import capabilities, cgroups, protocol
 from sandbox.cgroups import SlotCgroup
 from sandbox.result import ExecResult, ExecStatus
 from sandbox.settings import SandboxSettings
@@ -69,6 +78,19 @@ class Session:
     closed: bool = False
 
 
+def _sched_ns(pid: int) -> int:
+    """On-CPU plus run-queue-wait nanoseconds of ``pid``'s main thread (0 when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            run, delay = f.read().split()[:2]
+        return int(run) + int(delay)
+    except (OSError, ValueError):
+        return 0
+
+
+CPU_BOUND_SHARE = 0.5  # of the wall time, see the module docstring
+
+
 @dataclass
 class _Limits:
     timeout_s: float
@@ -81,7 +103,7 @@ class Supervisor:
                  host: capabilities.HostProtections | None = None) -> None:
         self.settings = settings or SandboxSettings()
         self.host = host or capabilities.probe()
-        self.instance = f"{os.getpid()}-{secrets.token_hex(3)}"
+        self.instance = cgroups.new_instance() if os.path.exists("/proc/self/ns/pid") else secrets.token_hex(6)
         self.uid_base = self.settings.uid_base or 1_000_000 + random.randrange(0, 1_000_000) * 1024
         self.n_slots = self.settings.pool_size + self.settings.max_sessions
         self.zygote: Zygote | None = None
@@ -92,6 +114,11 @@ class Supervisor:
         self._free_session_slots: list[int] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ttl_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._zygote_up = asyncio.Event()
+        self._cfg: dict[str, Any] = {}
+        self.zygote_restarts = 0
+        self.stale_cgroups_removed: list[str] = []
         self._fallback_dir: str | None = None
         self.applied: dict[str, Any] = {}
         self.missing: list[str] = []
@@ -131,6 +158,7 @@ class Supervisor:
             "session_cpu_backstop_s": 4 * 3600,
             "as_extra_mb": 2 * s.max_memory_mb + 1024,
             "fallback_workdir": self._fallback_dir,
+            "prewarm": s.prewarm,
         }
 
     async def start(self) -> None:
@@ -143,25 +171,62 @@ class Supervisor:
         if self.missing:
             log.warning("sandbox running WITHOUT: %s", ", ".join(self.missing))
         if self.use_cgroups:
+            self.stale_cgroups_removed = await asyncio.to_thread(cgroups.sweep_stale, self.instance)
+            if self.stale_cgroups_removed:
+                log.info("removed cgroups of %d dead sandbox instance(s)", len(self.stale_cgroups_removed))
             for slot in range(self.n_slots):
                 cg = SlotCgroup(self.instance, slot)
                 cg.create(self.settings.memory_mb, self.settings.pids_max)
                 self._cgroups[slot] = cg
         self._free_session_slots = list(range(self.settings.pool_size, self.n_slots))[::-1]
-        self.zygote = Zygote(self._zygote_config())
+        self._cfg = self._zygote_config()
+        self.zygote = Zygote(self._cfg)
         await self.zygote.start()
         first = await self.zygote.spawn(0, persistent=False)
         self.applied = {**self.zygote.applied, **first.applied}
         self._ready.put_nowait(first)
+        self._zygote_up.set()
         await asyncio.gather(*(self._refill(slot) for slot in range(1, self.settings.pool_size)))
         self._ttl_task = asyncio.create_task(self._evict_loop())
+        self._watch_task = asyncio.create_task(self._watch_zygote())
+
+    async def _watch_zygote(self) -> None:
+        """Restart the zygote whenever it dies (with backoff while restarts fail)."""
+        delay = 0.05
+        while not self.closed:
+            assert self.zygote is not None
+            await self.zygote.wait_dead()
+            if self.closed:
+                return
+            self._zygote_up.clear()
+            log.error("sandbox zygote died; restarting it")
+            await asyncio.to_thread(self.zygote.stop)
+            while not self.closed:
+                z = Zygote(self._cfg)
+                try:
+                    await z.start()
+                except (SandboxFailure, OSError) as e:
+                    log.error("zygote restart failed: %s (retrying in %.1f s)", e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if self.closed:
+                    z.stop()
+                    return
+                self.zygote = z
+                self.zygote_restarts += 1
+                self._zygote_up.set()
+                log.warning("sandbox zygote restarted (pid %s)", z.proc.pid if z.proc else None)
+                delay = 0.05
+                break
 
     async def aclose(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._ttl_task:
-            self._ttl_task.cancel()
+        for task in (self._ttl_task, self._watch_task):
+            if task:
+                task.cancel()
         for t in list(self._tasks):
             t.cancel()
         while not self._ready.empty():
@@ -199,16 +264,27 @@ class Supervisor:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _refill(self, slot: int) -> None:
+    async def _spawn(self, slot: int, persistent: bool) -> Worker:
+        """A new worker for ``slot``, waiting (bounded) for the zygote while it is being restarted."""
+        try:
+            await asyncio.wait_for(self._zygote_up.wait(), 30)
+        except TimeoutError as e:
+            raise SandboxFailure("the zygote is down and did not come back within 30 s") from e
         assert self.zygote is not None
-        for attempt in range(3):
-            if self.closed:
-                return
+        return await self.zygote.spawn(slot, persistent=persistent)
+
+    async def _refill(self, slot: int) -> None:
+        """Fork the slot's next worker; retries (with backoff) until it succeeds or we close."""
+        delay = 0.05
+        attempt = 0
+        while not self.closed:
+            attempt += 1
             try:
-                w = await self.zygote.spawn(slot, persistent=False)
+                w = await self._spawn(slot, persistent=False)
             except (SandboxFailure, TimeoutError, OSError) as e:
-                log.error("spawning worker for slot %d failed (attempt %d): %s", slot, attempt + 1, e)
-                await asyncio.sleep(0.1)
+                log.error("spawning worker for slot %d failed (attempt %d): %s", slot, attempt, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
                 continue
             if self.closed:
                 w.close()
@@ -262,9 +338,10 @@ class Supervisor:
 
     async def _take_ready(self) -> Worker:
         while True:
-            if self.zygote is None or (self.zygote.dead and self._ready.empty()):
-                raise SandboxFailure("zygote is not running")
-            w = await asyncio.wait_for(self._ready.get(), 60)
+            try:
+                w = await asyncio.wait_for(self._ready.get(), 60)
+            except TimeoutError as e:
+                raise SandboxFailure("no worker became ready within 60 s") from e
             if w.exit.done():
                 self._busy[w.slot] = w
                 self._bg(self._recycle(w))
@@ -316,7 +393,6 @@ class Supervisor:
         return True
 
     async def _execute_session(self, session_id: str, code: str, limits: _Limits) -> ExecResult:
-        assert self.zygote is not None
         s = self._sessions.get(session_id)
         if s is None:
             s = await self._new_session(session_id)
@@ -332,7 +408,7 @@ class Supervisor:
                 if s.worker is not None:
                     old, s.worker = s.worker, None
                     await self._recycle(old, session_slot=True)
-                s.worker = await self.zygote.spawn(s.slot, persistent=True)
+                s.worker = await self._spawn(s.slot, persistent=True)
                 if s.history:
                     replayed = True
                     kept: list[str] = []
@@ -341,7 +417,7 @@ class Supervisor:
                         if not alive:
                             old, s.worker = s.worker, None
                             await self._recycle(old, session_slot=True)
-                            s.worker = await self.zygote.spawn(s.slot, persistent=True)
+                            s.worker = await self._spawn(s.slot, persistent=True)
                             break
                         if r.status in (ExecStatus.ok, ExecStatus.output_truncated):
                             kept.append(past)
@@ -417,6 +493,7 @@ class Supervisor:
             cpu0, oom0 = cg.cpu_ns(), cg.oom_kills()
         loop.add_reader(w.out_fd, self._pump, w.out_fd, out, flood, kill_at)
         loop.add_reader(w.err_fd, self._pump, w.err_fd, err, flood, kill_at)
+        sched0 = _sched_ns(w.pid)
         t0 = time.perf_counter()
         reason = "done"
         msg: dict[str, Any] = {}
@@ -457,6 +534,9 @@ class Supervisor:
             wall_ms = (time.perf_counter() - t0) * 1000
         alive = reason == "done"
         exit_info: dict[str, Any] = {}
+        busy_ms = 0.0
+        if reason == "timeout":  # measured before the kill: afterwards the process is gone
+            busy_ms = (_sched_ns(w.pid) - sched0) / 1e6 if sched0 else 0.0
         if alive:
             self._drain(w.out_fd, out)
             self._drain(w.err_fd, err)
@@ -472,6 +552,8 @@ class Supervisor:
         loop.remove_reader(w.err_fd)
         cpu_ms = (cg.cpu_ns() - cpu0) / 1e6 if cg is not None else float(exit_info.get("cpu_ms", 0.0))
         oom = cg is not None and cg.oom_kills() > oom0
+        if reason == "timeout" and max(busy_ms, cpu_ms) >= CPU_BOUND_SHARE * wall_ms:
+            reason = "cpu_bound_at_deadline"
         status, detail = self._classify(reason, msg, exit_info, oom, cpu_ms, lim)
         if status is ExecStatus.ok and (out.truncated or err.truncated):
             status = ExecStatus.output_truncated
@@ -503,6 +585,9 @@ class Supervisor:
             return ExecStatus.timeout, f"wall-clock limit of {lim.timeout_s:g} s exceeded"
         if reason == "cpu":
             return ExecStatus.cpu_limit, f"CPU limit of {lim.cpu_s:g} s exceeded"
+        if reason == "cpu_bound_at_deadline":
+            return ExecStatus.cpu_limit, (f"still computing when the time limit of {lim.timeout_s:g} s was reached "
+                                          f"({cpu_ms / 1000:.2f} s of CPU used)")
         if reason == "flood":
             return ExecStatus.output_truncated, "output flood: the process was stopped"
         if not exit_info:
@@ -541,6 +626,10 @@ class Supervisor:
         pids += [w.pid for w in list(self._ready._queue)]  # type: ignore[attr-defined]
         return {
             "status": "ok" if self.zygote is not None and not self.zygote.dead and not self.closed else "down",
+            "instance": self.instance,
+            "supervisor_pid": os.getpid(),
+            "zygote_restarts": self.zygote_restarts,
+            "stale_cgroups_removed": len(self.stale_cgroups_removed),
             "strict": self.settings.strict_mode,
             "protections": protections,
             "missing": self.missing,

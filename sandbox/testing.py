@@ -19,6 +19,14 @@ from pathlib import Path
 from sandbox.client import SandboxClient, SandboxUnreachable
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the test process dies, however abruptly
+    (a killed test run must not leave a service behind; the service stops its own workers)."""
+    from sandbox import linux
+
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @contextlib.asynccontextmanager
 async def running_sandbox(tmp_dir: str | os.PathLike[str], *, startup_timeout_s: float = 90.0,
                           extra_env: dict[str, str] | None = None, **settings: object) -> AsyncIterator[SandboxClient]:
@@ -39,7 +47,7 @@ async def running_sandbox(tmp_dir: str | os.PathLike[str], *, startup_timeout_s:
     log = open(log_path, "wb")  # noqa: SIM115  (handed to the child; closed in finally)
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--socket", str(sock)], env=env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     client = SandboxClient(f"unix://{sock}")
     try:
         deadline = time.monotonic() + startup_timeout_s

@@ -55,6 +55,8 @@ def _child(cfg: dict[str, Any], slot: int, persistent: bool, cmd: socket.socket,
         from sandbox import harness, isolation, protocol
 
         applied = isolation.isolate_worker(cfg, slot, persistent)
+        if cfg.get("prewarm"):
+            harness.prewarm()
         cmd.sendall(protocol.encode({"op": "ready", "applied": applied}))
         code = 0
         harness.serve(cmd, persistent)
@@ -83,7 +85,12 @@ def main() -> None:
     if cfg["protections"].get("seccomp"):
         import pyseccomp  # noqa: F401
 
-        from sandbox import seccomp_filter  # noqa: F401
+        from sandbox import seccomp_filter
+
+        try:
+            seccomp_filter.precompile()
+        except (OSError, RuntimeError, ValueError):
+            pass  # each worker then compiles the same filter itself (slower, equally strict)
 
     try:
         zy_applied = isolation.prepare_zygote(cfg)
@@ -99,6 +106,15 @@ def main() -> None:
     children: set[int] = set()
     ctl.send(json.dumps({"op": "started", "applied": zy_applied, "pid": os.getpid()}).encode())
 
+    def shutdown() -> None:
+        """The supervisor is gone (control socket closed or broken): take every worker down with us."""
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
+
     def reap() -> None:
         while children:
             try:
@@ -113,7 +129,10 @@ def main() -> None:
                 msg["signal"] = os.WTERMSIG(status)
             else:
                 msg["code"] = os.waitstatus_to_exitcode(status)
-            ctl.send(json.dumps(msg).encode())
+            try:
+                ctl.send(json.dumps(msg).encode())
+            except OSError:
+                shutdown()
 
     while True:
         try:
@@ -133,12 +152,7 @@ def main() -> None:
             except OSError:
                 raw = b""
             if not raw:
-                for pid in children:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                os._exit(0)
+                shutdown()
             req = json.loads(raw)
             if req.get("op") != "spawn":
                 continue
@@ -166,6 +180,8 @@ def main() -> None:
                     [json.dumps({"op": "spawned", "slot": slot, "pid": pid, "seq": req.get("seq")}).encode()],
                     [parent_end.fileno(), out_r, err_r, pidfd],
                 )
+            except OSError:
+                shutdown()
             finally:
                 parent_end.close()
                 os.close(out_r)

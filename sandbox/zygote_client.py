@@ -84,7 +84,12 @@ class Zygote:
         self._spawns: dict[int, asyncio.Future[tuple[dict[str, Any], list[int]]]] = {}
         self._exits: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._started: asyncio.Future[dict[str, Any]] | None = None
+        self._dead_event = asyncio.Event()
         self.dead = False
+
+    async def wait_dead(self) -> None:
+        """Return once the zygote has died or was stopped."""
+        await self._dead_event.wait()
 
     async def start(self, timeout: float = 120.0) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +153,7 @@ class Zygote:
         if self.dead:
             return
         self.dead = True
+        self._dead_event.set()
         log.error("sandbox zygote died: %s", why)
         if self.sock is not None:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
@@ -200,6 +206,8 @@ class Zygote:
             self.sock.close()
             self.sock = None
         self.dead = True
+        with contextlib.suppress(RuntimeError):  # no loop when called from a thread
+            asyncio.get_running_loop().call_soon(self._dead_event.set)
         if self.proc is not None:
             deadline = time.monotonic() + 3
             while self.proc.poll() is None and time.monotonic() < deadline:

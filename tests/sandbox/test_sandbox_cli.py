@@ -47,3 +47,23 @@ def test_doctor_lists_protections() -> None:
     report = json.loads(p.stdout)
     assert set(report["host"]) >= {"uid", "mount_ns", "net_ns", "landlock", "seccomp", "cgroup_memory"}
     assert p.returncode == (1 if report["missing"] else 0)
+
+
+def _doctor_quiet(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandbox", "doctor", "--quiet"], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_doctor_quiet_is_the_healthcheck(sandbox, tmp_path: Path) -> None:
+    host_missing = json.loads(subprocess.run([sys.executable, "-m", "sandbox", "doctor"], capture_output=True,
+                                             text=True, timeout=60).stdout)["missing"]
+    env = {"PATH": os.environ["PATH"], "MATHAGENT_SANDBOX_URL": sandbox.url}
+    p = _doctor_quiet(env)
+    if host_missing:
+        assert p.returncode == 1 and "host lacks" in p.stderr
+    else:
+        assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+    # No service at the configured URL: unhealthy, whatever the host supports.
+    p = _doctor_quiet({**env, "MATHAGENT_SANDBOX_URL": f"unix://{tmp_path}/none.sock"})
+    assert p.returncode == 1 and p.stdout == "" and "no sandbox service" in p.stderr

@@ -44,7 +44,7 @@ async def test_timeout_in_session_resets_then_replays(sandbox) -> None:
     sid = "slow"
     await sandbox.execute("z = [1, 2, 3]", session_id=sid)
     r = await sandbox.execute("while True: pass", session_id=sid, timeout_s=0.5)
-    assert r.status in {"timeout", "cpu_limit"} and r.state_reset
+    assert r.status == "cpu_limit" and r.state_reset
     r = await sandbox.execute("print(sum(z))", session_id=sid)
     assert r.stdout == "6\n" and r.state_reset
     await sandbox.close_session(sid)
@@ -96,7 +96,7 @@ async def test_timeout_does_not_disturb_concurrent_work(sandbox, host: Host) -> 
     slow = asyncio.create_task(sandbox.execute("while True: pass", timeout_s=1.0))
     fast = await asyncio.gather(*(sandbox.execute(f"print({i}*2)") for i in range(6)))
     assert [r.stdout for r in fast] == [f"{i * 2}\n" for i in range(6)]
-    assert (await slow).status in {"timeout", "cpu_limit"}
+    assert (await slow).status == "cpu_limit"
     await host.assert_intact()
 
 
