@@ -14,7 +14,7 @@ app.add_typer(bench_app, name="bench")
 
 @app.command()
 def up() -> None:
-    """Start the whole stack (Redis, sandbox, gateway) on the embedded default; Ctrl-C stops it."""
+    """Start the whole stack (Redis, sandbox, gateway, trainer worker) on the embedded default; Ctrl-C stops it."""
     from agent.configuration import load
     from agent.stack import Stack, StackSettings
 
@@ -179,16 +179,44 @@ def train(
                        gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, resume=resume, seed=seed))
 
 
+@app.command()
+def iterate(
+    dataset: str = typer.Option("synthetic", help="training set: synthetic, gsm8k or math"),
+    iterations: int = typer.Option(1, help="iterations T (each: rollouts, pairs, train, gate, publish, deploy)"),
+    data_dir: Path | None = typer.Option(None, help="folder with gsm8k/ and math/ (else MATHAGENT_DATA_DIR, else the hub)"),
+    train_limit: int | None = typer.Option(None, help="training prompts (default MATHAGENT_TRAIN_LIMIT)"),
+    eval_limit: int | None = typer.Option(None, help="held-out problems of the gate (default MATHAGENT_EVAL_LIMIT)"),
+    samples: int | None = typer.Option(None, help="rollouts per prompt N (default MATHAGENT_SAMPLES)"),
+    run_dir: Path | None = typer.Option(None, help="run directory; the same one resumes an interrupted run"),
+    tolerance: float | None = typer.Option(None, help="promote when candidate >= current - tolerance (default 0)"),
+    deploy_url: str | None = typer.Option(None, help="gateway to deploy through (default MATHAGENT_GATEWAY_URL)"),
+    temperatures: str | None = typer.Option(None, help="rollout temperature per iteration, e.g. 0.8,0.8,1.3"),
+    max_steps: int | None = typer.Option(None, help="optimizer steps at most per iteration"),
+    seed: int = typer.Option(0, help="data and sampling seed"),
+    logged: bool = typer.Option(True, "--logged/--no-logged", help="add prompts from logged, labelled trajectories"),
+) -> None:
+    """Self-improvement: T iterations of rollouts -> pairs -> DPO+NLL training -> eval gate -> publish -> deploy."""
+    from trainer.iterate_cli import run_iterate
+
+    raise typer.Exit(run_iterate(dataset=dataset, iterations=iterations, data_dir=data_dir, train_limit=train_limit,
+                                 eval_limit=eval_limit, samples=samples, run_dir=run_dir, tolerance=tolerance,
+                                 deploy_url=deploy_url, temperatures=temperatures, max_steps=max_steps, seed=seed,
+                                 use_logged=logged))
+
+
 @bench_app.command("trainer")
 def bench_trainer(
     pairs: int = typer.Option(16, help="single-turn pairs in the benchmark"),
     batch_size: int = typer.Option(4, help="pairs per step for both contestants"),
     model: str = typer.Option("smollm2", help="model spec both contestants train"),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="on for both contestants"),
+    repeats: int = typer.Option(1, min=1, help="run both this many times, interleaved; report the fastest of each"),
 ) -> None:
-    """Our training step vs TRL's DPOTrainer on the same pairs: tokens/s, peak memory, first loss."""
+    """Our training step vs TRL's DPOTrainer on the same pairs: tokens/s, peak memory, log-probs, losses."""
     from trainer.bench import main as bench_main
 
-    bench_main(n_pairs=pairs, batch_size=batch_size, model=model)
+    bench_main(n_pairs=pairs, batch_size=batch_size, model=model, gradient_checkpointing=gradient_checkpointing,
+               repeats=repeats)
 
 
 @bench_app.command("sandbox")
@@ -202,6 +230,20 @@ def bench_sandbox(
     from sandbox.bench import run_bench
 
     asyncio.run(run_bench(n=n, callers=callers))
+
+
+@bench_app.command("swap")
+def bench_swap(
+    clients: int = typer.Option(8, help="concurrent clients (streamed and not, chat and solve)"),
+    duration: float = typer.Option(30.0, help="seconds of load"),
+    deploy_at: float = typer.Option(15.0, help="seconds into the run when the other version is deployed"),
+    seed: int = typer.Option(0, help="problem text seed"),
+) -> None:
+    """Hot swap under load: prepare/commit/drain times, first token from the new version, and
+    requests/s in the swap window vs a baseline window of the same run (two tiny scripted versions)."""
+    from api.bench_swap import run
+
+    raise typer.Exit(run(clients=clients, duration_s=duration, deploy_at_s=deploy_at, seed=seed))
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Order: provision the model (so a bad spec fails before anything starts), Redis (use the
 configured one; if nothing answers on loopback and ``redis-server`` exists, start a private
-one with its data under the state dir), the sandbox service, the gateway. Each child runs in
+one with its data under the state dir), the sandbox service, the gateway, the trainer worker
+(arq; runs retrain jobs). Each child runs in
 its own session with PR_SET_PDEATHSIG, so even if this process is killed hard the children
 get SIGTERM; on a normal stop each child's process group gets SIGTERM, then SIGKILL after a
 grace period. Logs go to ``<state_dir>/logs/<name>.log``.
@@ -191,6 +192,21 @@ class Stack:
         _wait("gateway", ready, child, self.s.start_timeout_s)
         return url
 
+    def trainer(self) -> str:
+        """The arq worker that runs retrain jobs; healthy once it wrote arq's health-check key."""
+        import redis
+
+        key = "arq:queue:health-check"
+        client = redis.Redis.from_url(self.s.redis_url, socket_timeout=2)
+        client.delete(key)  # a stale key from an earlier worker must not count
+        child = self.spawn("trainer", [sys.executable, "-m", "trainer", "worker"], "")
+        try:
+            _wait("trainer worker", lambda: bool(client.exists(key)), child, self.s.start_timeout_s)
+        finally:
+            client.close()
+        child.where = f"arq worker on {self.s.redis_url} (queue arq:queue)"
+        return child.where
+
     def _stored_token(self) -> str:
         path = self.s.state_dir / "admin_token"
         if not path.exists():
@@ -219,6 +235,7 @@ class Stack:
     def run(self) -> int:
         steps: list[tuple[str, Callable[[], str]]] = [
             ("model", self.model), ("redis", self.redis), ("sandbox", self.sandbox), ("gateway", self.gateway),
+            ("trainer", self.trainer),
         ]
         stopping = False
 

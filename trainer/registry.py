@@ -5,6 +5,7 @@ Layout under ``root``::
     versions/<version>/          immutable: weights (full or a LoRA adapter) + manifest.json
     staging/<random>/            a version being written; renamed into versions/ when complete
     pointer.json                 {"active": ..., "previous": ...}, swapped with os.replace
+    serving/<holder>.json        versions a running gateway holds in memory (gc never deletes them)
 
 Why by hand: no library does "publish a directory atomically with checksums and keep a
 crash-safe pointer" for model checkpoints; the whole mechanism is fsync + rename.
@@ -24,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +53,11 @@ class GoldenPrompt(BaseModel):
 
     prompt: str
     expected: str | None = Field(None, description="the greedy output this version gave at publish time")
+    max_new_tokens: int | None = Field(
+        None,
+        description="greedy tokens that produced ``expected``; ``prompt`` is then the agent's user message, sent "
+        "as agent.prompts.messages(prompt) through the chat template (set by the iteration driver)",
+    )
 
 
 class Manifest(BaseModel):
@@ -174,8 +181,12 @@ class Registry:
         eval_results: dict[str, Any] | None = None,
         golden: Iterable[GoldenPrompt] = (),
         version: str | None = None,
+        on_staged: Callable[[Path], None] | None = None,
     ) -> Manifest:
-        """Copy ``src`` into a new immutable version (staging -> fsync -> rename)."""
+        """Copy ``src`` into a new immutable version (staging -> fsync -> rename).
+
+        ``on_staged`` is called with the complete staging directory just before the rename
+        (crash tests stop the process there)."""
         src = Path(src)
         if not src.is_dir():
             raise RegistryError(f"cannot publish {src}: not a directory")
@@ -199,6 +210,8 @@ class Registry:
             _write_durable(stage / MANIFEST, manifest.model_dump_json(indent=2))
             for d in [stage, *(p for p in stage.rglob("*") if p.is_dir())]:
                 _fsync_dir(d)
+            if on_staged is not None:
+                on_staged(stage)
             os.rename(stage, dest)
             _fsync_dir(self.versions)
         finally:
@@ -206,9 +219,15 @@ class Registry:
                 shutil.rmtree(stage, ignore_errors=True)
         return manifest
 
-    def activate(self, version: str) -> Pointer:
-        """Verify ``version`` and make it active; the old active becomes ``previous``."""
-        self.verify(version)
+    def activate(self, version: str, *, verify: bool = True) -> Pointer:
+        """Verify ``version`` and make it active; the old active becomes ``previous``.
+
+        ``verify=False``: the caller has just verified it (the gateway's hot swap checks the
+        checksums in its prepare phase, so its commit is only the pointer flip)."""
+        if verify:
+            self.verify(version)
+        elif not self.path(version).is_dir():
+            raise RegistryError(f"unknown version {version!r}")
         current = self.pointer()
         if current.active == version:
             return current
@@ -226,7 +245,7 @@ class Registry:
     def gc(self, keep_last: int = 3, in_use: Iterable[str] = ()) -> list[str]:
         """Delete old versions; never the active, the previous, the newest ``keep_last`` or any in use."""
         pointer = self.pointer()
-        protected = {pointer.active, pointer.previous, *in_use}
+        protected = {pointer.active, pointer.previous, *in_use, *self.serving()}
         manifests = self.manifests()
         protected |= {m.version for m in manifests[-keep_last:]} if keep_last > 0 else set()
         removed = []
@@ -235,6 +254,40 @@ class Registry:
                 shutil.rmtree(self.path(m.version))
                 removed.append(m.version)
         return removed
+
+    def deactivate(self) -> Pointer:
+        """No registry version active (the gateway serves its configured base model); the old active
+        becomes ``previous``. Used when a rollback returns to the base model."""
+        current = self.pointer()
+        if current.active is None:
+            return current
+        new = Pointer(active=None, previous=current.active)
+        _write_durable(self.root / POINTER, new.model_dump_json())
+        return new
+
+    # -- versions held by running gateways (cross-process gc protection) --------------------
+    def mark_serving(self, holder: str, versions: Iterable[str]) -> None:
+        """Record that ``holder`` (one gateway process) has ``versions`` loaded; gc keeps them."""
+        if not holder or "/" in holder or holder.startswith("."):
+            raise RegistryError(f"invalid holder name {holder!r}")
+        folder = self.root / "serving"
+        folder.mkdir(exist_ok=True)
+        _write_durable(folder / f"{holder}.json", json.dumps(sorted(set(versions))))
+
+    def clear_serving(self, holder: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "serving" / f"{holder}.json").unlink()
+
+    def serving(self) -> set[str]:
+        """Every version some gateway marked as loaded (an unreadable marker protects nothing)."""
+        out: set[str] = set()
+        folder = self.root / "serving"
+        if not folder.is_dir():
+            return out
+        for marker in folder.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                out.update(str(v) for v in json.loads(marker.read_text()))
+        return out
 
     def clean_staging(self) -> int:
         """Remove half-written versions left by a crash; returns how many."""

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from trainer.allocator import keep_freed_memory
+from trainer.attention import packed_attention
 from trainer.config import TrainConfig
 from trainer.examples import pack, packed_logps
 from trainer.items import TrainItem, build_items, items_loss
@@ -62,7 +64,7 @@ def micro_batches(n_items: int, config: TrainConfig, world: int) -> list[list[in
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def compute_reference(model: Any, items: list[TrainItem], accelerator: Any, *, batch_items: int) -> None:
     """Fill ``item.ref_logps`` with ``model``'s log-probs (one packed forward per chunk),
     sharded over processes and gathered, so each process ends with all of them."""
@@ -75,10 +77,10 @@ def compute_reference(model: Any, items: list[TrainItem], accelerator: Any, *, b
     for start in range(0, len(mine), batch_items):
         idx = mine[start : start + batch_items]
         seqs = [s for i in idx for s in items[i].sequences]
-        batch = pack(seqs).to(accelerator.device)
+        per = len(items[idx[0]].sequences)
+        batch = pack(seqs, group_size=per).to(accelerator.device)
         with accelerator.autocast():
             logps, _ = packed_logps(model, batch)
-        per = len(items[idx[0]].sequences)
         values = logps.float().view(len(idx), per).tolist()
         results += list(zip(idx, values, strict=True))
     if accelerator.num_processes > 1:
@@ -100,19 +102,29 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, pair
     they come from ``config.model`` and ``config.pairs``."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     from trainer.io import read_pairs
-    from trainer.save import save_checkpoint
 
     use_bf16 = config.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
     set_seed(config.seed)
     if model is None or tokenizer is None:
         model, tokenizer, _ = _load_policy(config)
     if pairs is None:
         pairs = read_pairs(config.pairs)
+    # Packed attention for the whole run: gradient checkpointing recomputes layers in backward.
+    with packed_attention(model):
+        return _train(config, accelerator, model, tokenizer, pairs)
+
+
+def _train(config: TrainConfig, accelerator: Any, model: Any, tokenizer: Any, pairs: list[Any]) -> TrainResult:
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from trainer.save import save_checkpoint
+
     items, item_counts = build_items(pairs, config.loss, max_length=config.max_length, tokenizer=tokenizer)
     if not items:
         raise ValueError(f"no trainable items in {config.pairs} ({item_counts})")
@@ -154,7 +166,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, pair
             ),
         )
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
 
@@ -200,7 +212,8 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, pair
         tokens = torch.zeros((), device=accelerator.device)
         for m, global_batch in enumerate(group):
             local = [items[i] for i in global_batch[rank * pd : (rank + 1) * pd]]
-            batch = pack([s for it in local for s in it.sequences]).to(accelerator.device)
+            batch = pack([s for it in local for s in it.sequences], group_size=len(local[0].sequences))
+            batch = batch.to(accelerator.device)
             sync = m == len(group) - 1
             ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
             with ctx:
@@ -210,7 +223,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, pair
                 accelerator.backward(loss / len(group))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v.float() / len(group)
-            tokens += batch.n_tokens
+            tokens += batch.n_sequence_tokens
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()

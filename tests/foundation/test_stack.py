@@ -58,19 +58,19 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
                 r = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5)
                 if r.status_code == 200:
                     health = r.json()
-                    if health["components"]["sandbox"]["status"] == "up":
+                    if all(health["components"][c]["status"] == "up" for c in ("sandbox", "trainer")):
                         break
             except httpx.HTTPError:
                 pass
             time.sleep(1)
         assert health is not None, f"gateway never answered; up exited with {proc.poll()}"
         comps = health["components"]
-        for name in ("gateway", "model", "redis", "sandbox"):
+        for name in ("gateway", "model", "redis", "sandbox", "trainer"):
             assert comps[name]["status"] == "up", (name, comps[name])
         assert str(redis_port) in comps["redis"]["url"]
         assert (state / "redis").is_dir(), "the private redis keeps its data under the state dir"
         seen = _descendants(proc.pid)
-        assert len(seen) >= 3  # redis, sandbox (+ its workers), gateway
+        assert len(seen) >= 4  # redis, sandbox (+ its workers), gateway, trainer worker
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

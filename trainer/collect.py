@@ -1,0 +1,120 @@
+"""The prompts of one iteration: the configured training set (gold answers) plus logged user
+trajectories with a label, or without one (majority vote, ScPO); and the held-out problems of
+the eval gate.
+
+Labels of a logged trajectory, strongest first: a corrected answer given as feedback, the gold
+answer the caller sent with the solve, a thumbs-up (its own answer is right). Anything else is
+an unlabelled prompt. Only user traffic (``source="api"``) counts: the trainer's own rollouts
+and evaluations never come back as prompts. Duplicated problem texts are kept once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from agent.datasets import Problem, load_problems, synthetic_problems
+from agent.trajectory import Mode, Source, Trajectory
+from trainer.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+class IterPrompt(BaseModel):
+    """One prompt of an iteration."""
+
+    id: str
+    problem: str
+    gold: str | None = None
+    mode: Mode = Mode.tir
+    origin: Literal["dataset", "log"] = "dataset"
+    solution: str | None = None
+    gold_code: str | None = None
+    dataset: str = ""
+
+
+class Split(BaseModel):
+    train: list[Problem]
+    heldout: list[Problem]
+
+
+def dataset_split(recipe: Recipe) -> Split:
+    """Training problems and disjoint held-out problems of the recipe's data set.
+
+    synthetic: two generator seeds (texts of the training set removed from the held-out one);
+    gsm8k / math: the first ``train_limit`` rows of the train split for training and its last
+    ``eval_limit`` rows held out (IRPO selects on held-out training problems, never the test set).
+    """
+    if recipe.dataset == "synthetic":
+        train = synthetic_problems(recipe.train_limit, seed=recipe.seed)
+        texts = {p.problem for p in train}
+        pool = synthetic_problems(recipe.eval_limit * 2 + 8, seed=recipe.seed + 7919)
+        heldout = [p for p in pool if p.problem not in texts][: recipe.eval_limit]
+        return Split(train=train, heldout=heldout)
+    rows = load_problems(recipe.dataset, "train", data_dir=recipe.data_dir)
+    if recipe.train_limit + recipe.eval_limit > len(rows):
+        raise ValueError(
+            f"{recipe.dataset} train split has {len(rows)} problems: train_limit {recipe.train_limit} + "
+            f"eval_limit {recipe.eval_limit} do not fit"
+        )
+    return Split(train=rows[: recipe.train_limit], heldout=rows[len(rows) - recipe.eval_limit :])
+
+
+def from_problem(p: Problem) -> IterPrompt:
+    return IterPrompt(id=p.id, problem=p.problem, gold=p.gold, mode=p.mode, origin="dataset",
+                      solution=p.solution, gold_code=p.gold_code, dataset=p.dataset)
+
+
+async def logged_prompts(redis_url: str, spool_dir: Path, prefix: str, *, limit: int,
+                         exclude: set[str]) -> list[IterPrompt]:
+    """Prompts from the trajectory log (newest first, labelled before unlabelled), ``limit`` at most."""
+    from agent.trajlog import Feedback, TrajectoryLog
+
+    if limit <= 0:
+        return []
+    tlog = TrajectoryLog(redis_url, spool_dir, prefix=prefix)
+    try:
+        corrected: dict[str, str] = {}
+        rated: dict[str, str] = {}
+        start = "-"
+        while True:
+            raw = await tlog.redis.xrange(tlog.feedback_stream, start, "+", count=500)
+            for _, fields in raw:
+                rec = Feedback.model_validate_json(fields["data"])
+                if rec.corrected_answer and rec.corrected_answer.strip():
+                    corrected[rec.trajectory_id] = rec.corrected_answer.strip()
+                if rec.rating is not None:
+                    rated[rec.trajectory_id] = rec.rating
+            if len(raw) < 500:
+                break
+            start = "(" + raw[-1][0]
+        labelled: dict[str, IterPrompt] = {}
+        unlabelled: dict[str, IterPrompt] = {}
+        end = "+"
+        while len(labelled) < limit:
+            entries = await tlog.redis.xrevrange(tlog.stream, end, "-", count=500)  # newest first
+            for _, fields in entries:
+                traj = Trajectory.model_validate_json(fields["data"])
+                text = traj.problem.strip()
+                if traj.source is not Source.api or not text or text in exclude:
+                    continue
+                gold = corrected.get(traj.id) or traj.gold
+                if gold is None and rated.get(traj.id) == "up" and traj.answer:
+                    gold = traj.answer
+                pid = "log-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+                prompt = IterPrompt(id=pid, problem=text, gold=gold, mode=traj.mode, origin="log", dataset="log")
+                if gold is not None:
+                    labelled.setdefault(text, prompt)
+                    unlabelled.pop(text, None)
+                elif text not in labelled:
+                    unlabelled.setdefault(text, prompt)
+            if len(entries) < 500:
+                break
+            end = "(" + entries[-1][0]
+    finally:
+        await tlog.aclose()
+    return [*labelled.values(), *unlabelled.values()][:limit]

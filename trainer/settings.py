@@ -1,0 +1,98 @@
+"""Settings of the trainer process (``python -m trainer worker``, ``mathagent iterate``): one
+pydantic-settings object, env prefix ``MATHAGENT_``.
+
+It extends :class:`agent.settings.AgentSettings` because an iteration runs the agent itself
+(engine, sandbox, trajectory log, solver limits): the same variables mean the same thing in
+every process. The trainer's own knobs are the retrain recipe defaults (a job request may
+override them), the schedule, the gateway to deploy to, and the queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from agent.settings import AgentSettings
+
+
+class TrainerSettings(AgentSettings):
+    """Settings of the trainer worker and of `mathagent iterate`."""
+
+    model_config = SettingsConfigDict(env_prefix="MATHAGENT_", env_file=".env", extra="ignore")
+
+    # -- where things go ------------------------------------------------------------------------
+    runs_dir: Path | None = Field(None, description="one directory per retrain run (default <state_dir>/runs)")
+    registry_dir: Path | None = Field(None, description="the model version registry (default <state_dir>/registry)")
+
+    # -- the queue ------------------------------------------------------------------------------
+    queue_name: str = Field("arq:queue", description="arq queue; its health-check key is <queue>:health-check")
+    job_timeout_h: float = Field(48.0, gt=0, description="a retrain job is cancelled after this many hours")
+    job_max_tries: int = Field(20, ge=1, description="starts of one job at most (a killed worker resumes it)")
+    heartbeat_s: float = Field(5.0, gt=0, description="how often a running job refreshes its heartbeat")
+    stale_after_s: float = Field(60.0, gt=0, description="a running job without heartbeat this long is resumed")
+
+    # -- the schedule ---------------------------------------------------------------------------
+    retrain_every_h: float = Field(0.0, ge=0, description="enqueue a retrain every X hours (0 = off)")
+    retrain_after_labels: int = Field(0, ge=0, description="enqueue a retrain when M new labelled trajectories arrived (0 = off)")
+
+    # -- deploy ---------------------------------------------------------------------------------
+    gateway_url: str = Field("", description="deploy through POST <url>/admin/deploy; empty = activate in the registry")
+    admin_token: SecretStr = Field(SecretStr(""), description="bearer token of the gateway's /admin routes")
+
+    # -- recipe defaults (a retrain request may override each) ----------------------------------
+    retrain_dataset: str = Field("synthetic", description="training set: synthetic, gsm8k or math")
+    data_dir: Path | None = Field(None, description="folder with gsm8k/ and math/ JSONL (no download when set)")
+    train_limit: int = Field(64, ge=1, description="training prompts from the data set per iteration")
+    eval_limit: int = Field(32, ge=1, description="held-out problems of the eval gate")
+    log_prompt_limit: int = Field(64, ge=0, description="prompts from logged trajectories per iteration at most")
+    samples: int = Field(8, ge=2, description="rollouts per prompt (IRPO: N)")
+    temperatures: str = Field("0.8,0.8,1.3", description="rollout temperature per iteration, comma-separated (last repeats)")
+    tolerance: float = Field(0.0, description="promote when candidate accuracy >= current - tolerance")
+    pairs_k: int = Field(10, ge=1, description="IRPO pairs per problem (K)")
+    scpo_tau: float = Field(0.5, ge=0, le=1, description="ScPO: minimum vote share for unlabelled prompts")
+    loss: str = Field("dpo+nll", description="training loss")
+    lr: float = Field(1e-6, gt=0, description="peak learning rate")
+    beta: float = Field(0.1, gt=0, description="DPO beta")
+    alpha: float = Field(1.0, ge=0, description="NLL coefficient")
+    epochs: int = Field(1, ge=1, description="passes over the pairs")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per iteration")
+    batch_size: int = Field(4, ge=1, description="pairs per micro-batch per process")
+    save_steps: int = Field(10, ge=0, description="resumable training state every N steps")
+    train_processes: int = Field(1, ge=1, description="accelerate launch --num_processes")
+    rollout_concurrency: int = Field(8, ge=1, description="prompts in flight during rollouts and eval")
+
+    @field_validator("runs_dir", "registry_dir", "data_dir")
+    @classmethod
+    def _expand_dir(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: str) -> str:
+        parse_temperatures(v)
+        return v
+
+    @property
+    def runs_path(self) -> Path:
+        return self.runs_dir or self.state_dir / "runs"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry_dir or self.state_dir / "registry"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.redis_prefix}:trainer"
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """``"0.8,0.8,1.3"`` -> [0.8, 0.8, 1.3]; a clear error for anything else."""
+    try:
+        temps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"temperatures must be comma-separated numbers, not {text!r}") from None
+    if not temps or any(t < 0 for t in temps):
+        raise ValueError(f"temperatures must be one or more non-negative numbers, not {text!r}")
+    return temps
