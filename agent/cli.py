@@ -204,6 +204,40 @@ def iterate(
                                  use_logged=logged))
 
 
+@app.command()
+def experiment(
+    family: str = typer.Argument(..., help="irpo or mdpo: which paper's comparison table"),
+    dataset: str = typer.Option("tasks", help="tasks (graded synthetic family), synthetic, gsm8k or math"),
+    model: str = typer.Option("smollm2", help="model spec: smollm2, a checkpoint directory or a hub id"),
+    levels: str = typer.Option("1-5", help="tasks: difficulty levels, e.g. 1-3 or 1,2,5"),
+    data_dir: Path | None = typer.Option(None, help="folder with gsm8k/ and math/ JSONL"),
+    train_limit: int = typer.Option(32, help="training problems"),
+    eval_limit: int = typer.Option(32, help="held-out problems every row is measured on"),
+    samples: int = typer.Option(4, help="rollouts per training problem (N)"),
+    maj_k: int = typer.Option(4, help="samples of the zero-shot maj@k row"),
+    temperature: float = typer.Option(0.8, help="rollout and maj@k temperature"),
+    pairs_k: int = typer.Option(4, help="IRPO pairs per problem (K)"),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="preference rows start from the SFT-on-gold model"),
+    warmup_lr: float = typer.Option(1e-5, help="learning rate of the warm-up SFT"),
+    lr: float = typer.Option(1e-6, help="learning rate of the preference rows"),
+    max_steps: int | None = typer.Option(None, help="optimizer steps at most per training"),
+    batch_size: int = typer.Option(4, help="pairs per optimizer step"),
+    max_length: int = typer.Option(1024, help="tokens per training sequence at most"),
+    budget_minutes: float | None = typer.Option(None, help="wall-time bound: rows that do not fit are skipped"),
+    run_dir: Path | None = typer.Option(None, help="run directory; the same one resumes (finished rows are kept)"),
+    seed: int = typer.Option(0, help="data and sampling seed"),
+) -> None:
+    """The IRPO / M-DPO comparison table on one data set and model (accuracy with 95% CI, log-prob plots)."""
+    from trainer.experiment_cli import run_experiment_cli
+
+    raise typer.Exit(run_experiment_cli(
+        family=family, run_dir=run_dir, budget_minutes=budget_minutes, levels=levels, dataset=dataset, model=model,
+        data_dir=data_dir, train_limit=train_limit, eval_limit=eval_limit, samples=samples, maj_k=maj_k,
+        temperature=temperature, pairs_k=pairs_k, warmup=warmup, warmup_lr=warmup_lr, lr=lr, max_steps=max_steps,
+        batch_size=batch_size, max_length=max_length, seed=seed,
+    ))
+
+
 @bench_app.command("trainer")
 def bench_trainer(
     pairs: int = typer.Option(16, help="single-turn pairs in the benchmark"),

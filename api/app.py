@@ -18,12 +18,33 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.routes import admin, chat, health, page, solve, trajectories
 from api.settings import GatewaySettings
 from api.state import AppState
+from api.swap import SwapManager
+from api.swap_backends import Backend, TransformersBackend, VersionSource, VLLMBackend, load_weights
 
 log = logging.getLogger("mathagent.api")
 
 
+def registry_of(settings: GatewaySettings):  # type: ignore[no-untyped-def]
+    """The model version registry the trainer publishes into (``<state_dir>/registry``)."""
+    from trainer.registry import Registry
+
+    return Registry(settings.registry_path)
+
+
+def base_source(settings: GatewaySettings) -> VersionSource:
+    """The configured model (MATHAGENT_MODEL) as a version outside the registry."""
+    from agent import modelstore
+
+    resolved = modelstore.resolve(settings.model, settings.state_dir)
+    return VersionSource(version=resolved.version, path=resolved.path, kind="full", in_registry=False)
+
+
 def build_engine(settings: GatewaySettings):  # type: ignore[no-untyped-def]
-    """The inference engine the settings name: in-process transformers, or a vLLM server."""
+    """The inference engine the settings name: in-process transformers, or a vLLM server.
+
+    The in-process engine starts on the registry's active version when there is one (checksums
+    verified first), else on MATHAGENT_MODEL. A vLLM server is started on MATHAGENT_MODEL by its
+    own deployment; the registry's active version is swapped onto it by :func:`build_state`."""
     from agent import modelstore
 
     resolved = modelstore.resolve(settings.model, settings.state_dir)
@@ -34,7 +55,30 @@ def build_engine(settings: GatewaySettings):  # type: ignore[no-untyped-def]
         return OpenAIHTTPEngine.from_path(settings.vllm_url, resolved.path, model=served, version=resolved.version)
     from agent.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine.from_path(resolved.path, resolved.version, threads=settings.torch_threads)
+    registry = registry_of(settings)
+    active = registry.active()
+    if active is None:
+        return TransformersEngine.from_path(resolved.path, resolved.version, threads=settings.torch_threads)
+    from trainer.registry import CorruptVersionError
+
+    try:
+        manifest = registry.verify(active)
+    except CorruptVersionError as exc:
+        raise RuntimeError(f"the registry's active version is corrupt ({exc}): roll back with "
+                           f"`python -m trainer` or fix {registry.root}, then restart") from exc
+    source = VersionSource(version=active, path=registry.path(active), kind=manifest.kind, base_model=manifest.base_model)
+    model = load_weights(source, settings.state_dir)
+    log.info("serving the registry's active version %s (%s)", active, manifest.kind)
+    return TransformersEngine(model, modelstore.load_tokenizer(resolved.path), active, threads=settings.torch_threads)
+
+
+def build_swap(settings: GatewaySettings, engine: object, metrics: Metrics, *, base: VersionSource | None) -> SwapManager:
+    """The hot-swap state machine over ``engine`` (either kind) and the registry."""
+    from agent.engines.openai_http import OpenAIHTTPEngine
+
+    backend: Backend = VLLMBackend(engine) if isinstance(engine, OpenAIHTTPEngine) else TransformersBackend(
+        engine, settings.state_dir)
+    return SwapManager(engine, backend, registry_of(settings), base=base, metrics=metrics)
 
 
 def solver_settings(settings: GatewaySettings):  # type: ignore[no-untyped-def]
@@ -59,15 +103,34 @@ async def build_state(settings: GatewaySettings, *, engine: object | None = None
     state = AppState(settings=settings, redis=aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0))
     state.sandbox = SandboxClient(settings.sandbox_url)
     state.trajectory_log = TrajectoryLog(settings.redis_url, settings.spool_dir, prefix=settings.redis_prefix)
-    if engine is None and load_engine:
+    built_here = engine is None and load_engine
+    if built_here:
         engine = await asyncio.to_thread(build_engine, settings)
         log.info("model %s loaded (version %s)", settings.model, engine.model_version)  # type: ignore[attr-defined]
     state.engine = engine
     if engine is not None:
         state.solver = Solver(engine, state.sandbox, state.trajectory_log, solver_settings(settings))  # type: ignore[arg-type]
+        # the configured model, a rollback target outside the registry (an engine handed in by a
+        # caller, as in tests, is not assumed to be it)
+        base = await asyncio.to_thread(base_source, settings) if built_here else None
+        state.swap = build_swap(settings, engine, state.metrics, base=base)
+        await start_swap(state)
         state.metrics.set_version(str(engine.model_version))  # type: ignore[attr-defined]
     state.tasks.append(asyncio.create_task(state.trajectory_log.run_replayer()))
     return state
+
+
+async def start_swap(state: AppState) -> None:
+    """Bring a vLLM server to the registry's active version (the in-process engine loads it directly)."""
+    swap: SwapManager = state.swap
+    swap._mark_serving()
+    if not isinstance(swap.backend, VLLMBackend) or swap.registry is None:
+        return
+    await swap.backend.label_base()
+    active = swap.registry.active()
+    if active is not None and active != swap.active:
+        log.info("bringing the vLLM server to the registry's active version %s", active)
+        await swap.deploy(active)
 
 
 async def close_state(state: AppState, *, close_engine: bool = True) -> None:
@@ -77,6 +140,12 @@ async def close_state(state: AppState, *, close_engine: bool = True) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     state.tasks.clear()
+    if state.swap is not None:
+        await state.swap.aclose()
+    pool = state.extra.pop("arq", None)
+    if pool is not None:
+        with contextlib.suppress(Exception):
+            await pool.aclose()
     if close_engine and state.engine is not None:
         await state.engine.aclose()
     if state.sandbox is not None:
@@ -94,6 +163,9 @@ def create_app(settings: GatewaySettings, *, state: AppState | None = None) -> F
         own = state is None
         built = state if state is not None else await build_state(settings)
         built.metrics = metrics  # one registry per app, shared with the middleware
+        if built.swap is not None:
+            built.swap.metrics = metrics
+            built.swap._mark_serving()
         if built.model_version:
             metrics.set_version(built.model_version)
         app.state.mathagent = built

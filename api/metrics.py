@@ -43,6 +43,14 @@ class Metrics:
             "mathagent_active_model_version", "1 for the model version now serving", ["version"], registry=r
         )
         self.in_flight = Gauge("mathagent_solves_in_flight", "solves running now", registry=r)
+        self.swap_phase = Histogram(
+            "mathagent_swap_phase_seconds", "hot swap phases (prepare, commit, drain, retire; load, verify in place)",
+            ["phase"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r,
+        )
+        self.swaps = Counter("mathagent_swaps", "deploys and rollbacks by outcome", ["kind", "outcome"], registry=r)
+        self.pinned = Gauge("mathagent_solves_pinned", "solves in flight by the model version they are pinned to",
+                            ["version"], registry=r)
+        self.resident = Gauge("mathagent_model_versions_resident", "model versions loaded in the engine", registry=r)
 
     def set_version(self, version: str) -> None:
         self.active_version.clear()

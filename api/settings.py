@@ -34,6 +34,9 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="gateway bind address")
     port: int = Field(8000, ge=1, le=65535, description="gateway port")
     admin_token: SecretStr = Field(SecretStr(""), description="bearer token for /admin routes (required outside dev)")
+    registry_dir: Path | None = Field(None, description="the model version registry (default <state_dir>/registry); "
+                                      "the gateway serves its active version and swaps between its versions")
+    queue_name: str = Field("arq:queue", description="the trainer's arq queue (POST /admin/retrain enqueues there)")
     public_model_id: str = Field(
         "mathagent", min_length=1, description="the model id /v1/models lists: stable across weight swaps"
     )
@@ -71,3 +74,8 @@ class GatewaySettings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
+
+    @property
+    def registry_path(self) -> Path:
+        """The model version registry, shared with the trainer (default ``<state_dir>/registry``)."""
+        return (self.registry_dir or self.state_dir / "registry").expanduser()

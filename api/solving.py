@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from agent.events import AnswerEvent, CodeCell, EpisodeDone, EpisodeStart, Sandb
 from agent.solver import SolveDone, SolveError, SolveResult
 from agent.trajectory import Mode, SegmentKind, Trajectory
 from api.errors import ApiError
+from api.pinned import PinnedEngine
 from api.protocol import (
     AnswerEv,
     CodeEv,
@@ -111,6 +113,20 @@ def require_solver(state: AppState) -> Any:
     return state.solver
 
 
+@contextlib.asynccontextmanager
+async def pinned_solver(state: AppState) -> AsyncIterator[Any]:
+    """A solver pinned to the version active at admission, leased until the solve ends (hot swap:
+    the version is not retired while the lease is held, and every request carries it)."""
+    solver = require_solver(state)
+    if state.swap is None:
+        yield solver
+        return
+    async with state.swap.lease() as version:
+        pinned = copy.copy(solver)  # a shallow copy: same sandbox, log and settings, one pinned engine view
+        pinned.engine = PinnedEngine(solver.engine, version)
+        yield pinned
+
+
 async def until_disconnect(request: Request, work: Awaitable[T], state: AppState) -> T:
     """Run ``work``, cancelling it if the client disconnects first (frees engine and sandbox)."""
 
@@ -140,10 +156,11 @@ async def until_disconnect(request: Request, work: Awaitable[T], state: AppState
 
 
 async def solve(state: AppState, request: Request, args: SolveArgs) -> SolveResult:
-    solver = require_solver(state)
+    require_solver(state)
     state.metrics.in_flight.inc()
     try:
-        result: SolveResult = await until_disconnect(request, solver.solve(args.problem, **args.kwargs()), state)
+        async with pinned_solver(state) as solver:
+            result: SolveResult = await until_disconnect(request, solver.solve(args.problem, **args.kwargs()), state)
     except SolveError as exc:
         raise ApiError(422, str(exc), code="invalid_solve") from None
     finally:
@@ -194,12 +211,13 @@ async def events(state: AppState, args: SolveArgs) -> AsyncGenerator[Any, None]:
     Validation errors surface before the first event (the caller can still answer 4xx).
     Closing this iterator cancels the solve (generation stops, the sandbox session closes).
     """
-    solver = require_solver(state)
-    stream = solver.stream(args.problem, **args.kwargs(), stream_text=True)
+    require_solver(state)
     state.metrics.in_flight.inc()
     finished = False
     try:
-        async with contextlib.aclosing(stream):
+        async with pinned_solver(state) as solver, contextlib.aclosing(
+            solver.stream(args.problem, **args.kwargs(), stream_text=True)
+        ) as stream:
             async for ev in stream:
                 tags = {"trajectory_id": ev.trajectory_id, "sample": ev.sample, "revision": ev.revision} if not isinstance(
                     ev, SolveDone) else {}

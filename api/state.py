@@ -21,7 +21,8 @@ class AppState:
     sandbox: Any = None  # sandbox.client.SandboxClient
     engine: Any = None  # agent.engines.base.Engine
     trajectory_log: Any = None  # agent.trajlog.TrajectoryLog
-    solver: Any = None  # agent.solver.Solver
+    solver: Any = None  # agent.solver.Solver (unpinned: solves go through solving.pinned_solver)
+    swap: Any = None  # api.swap.SwapManager (hot swap, version leases)
     metrics: Metrics = field(default_factory=Metrics)
     limiter: RateLimiter | None = None
     idempotency: IdempotencyStore | None = None

@@ -1,32 +1,52 @@
 """Operator endpoints, all behind one bearer-token dependency (compared in constant time).
 
-Retraining, jobs, versions, deploy and rollback need the trainer worker and the hot swap of
-served weights; until those land (the "trainer + hot swap" issue) every route here answers 501
-with an error naming the missing capability, *after* authentication, so clients can already
-integrate the auth flow and the error shape.
+- ``POST /admin/retrain``: a retrain job on the trainer's arq queue, one per idempotency key
+  (:mod:`trainer.jobs`); ``GET /admin/jobs`` and ``GET /admin/jobs/{id}`` read the job records
+  the worker writes (state, progress, outcome).
+- ``GET /admin/versions``: the registry's versions with their manifests, which one is active,
+  previous and resident, and the swaps with their phase timings.
+- ``POST /admin/deploy {version}`` and ``POST /admin/rollback``: the hot swap (:mod:`api.swap`);
+  one swap at a time (409 otherwise), a corrupt or half-written version is refused (409) and
+  the active version stays.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import Admin
-from api.errors import ApiError, ErrorResponse
+from api.deps import Admin, State
+from api.errors import ApiError, ErrorResponse, describe_validation
+from api.state import AppState
+from api.swap import SwapError, SwapManager
+from api.versions import SwapRecord, VersionsResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin],
-                   responses={401: {"model": ErrorResponse}, 501: {"model": ErrorResponse}})
+                   responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 
 class RetrainRequest(BaseModel):
+    """A retrain job; unset fields take the trainer's settings (MATHAGENT_* of the worker)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    idempotency_key: str | None = Field(None, max_length=128, description="repeat-safe enqueue: one job per key")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128,
+                                        description="repeat-safe enqueue: one job per key")
     iterations: int = Field(1, ge=1, le=100)
+    dataset: str | None = Field(None, description="synthetic, gsm8k or math")
+    train_limit: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
+    samples: int | None = Field(None, ge=2, le=64)
+    temperatures: list[float] | None = Field(None, max_length=100)
+    tolerance: float | None = Field(None, ge=0, le=1)
+    max_steps: int | None = Field(None, ge=1)
+    use_logged: bool = True
+    seed: int = 0
 
 
 class DeployRequest(BaseModel):
@@ -35,47 +55,112 @@ class DeployRequest(BaseModel):
     version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
 
 
-def _unavailable(capability: str) -> NoReturn:
-    raise ApiError(
-        501,
-        f"{capability} is not available in this build: it lands with the trainer worker and the hot swap of "
-        "served weights (issue: trainer service + model-version hot swap)",
-        code="capability_unavailable",
-        param=None,
-    )
+class EnqueueResponse(BaseModel):
+    job: dict[str, Any] = Field(description="the job record (trainer.jobs.JobRecord)")
+    created: bool = Field(description="false: a job with this idempotency key existed and is returned")
 
 
-@router.post("/retrain", status_code=202)
-async def retrain(body: RetrainRequest | None = None) -> None:
-    """Enqueue a retraining job (idempotent by key)."""
-    _unavailable("retraining (the arq trainer worker)")
+class JobList(BaseModel):
+    jobs: list[dict[str, Any]]
 
 
-@router.get("/jobs")
-async def jobs() -> None:
-    """Training jobs with their states."""
-    _unavailable("the training job list (the arq trainer worker)")
+def _swap(state: AppState) -> SwapManager:
+    if state.swap is None:
+        raise ApiError(503, "the model is not loaded yet; retry shortly", code="model_not_ready")
+    swap: SwapManager = state.swap
+    return swap
 
 
-@router.get("/jobs/{job_id}")
-async def job(job_id: JobId) -> None:
-    """One job: state, progress, metrics."""
-    _unavailable("training job status (the arq trainer worker)")
+def _swap_error(exc: SwapError) -> ApiError:
+    return ApiError(exc.status, str(exc), code=exc.code, param="version" if exc.code in (
+        "unknown_version", "version_corrupt", "golden_mismatch") else None)
 
 
-@router.get("/versions")
-async def versions() -> None:
-    """Published model versions and which one is active."""
-    _unavailable("the model version registry in the gateway (hot swap)")
+def _job_prefix(state: AppState) -> str:
+    return f"{state.settings.redis_prefix}:trainer"
 
 
-@router.post("/deploy")
-async def deploy(body: DeployRequest) -> None:
-    """Load a version beside the active one, verify it, switch."""
-    _unavailable("deploying a model version (hot swap)")
+async def _queue(state: AppState) -> Any:
+    """The arq pool on the gateway's Redis (made once, closed with the app state)."""
+    pool = state.extra.get("arq")
+    if pool is None:
+        from trainer.jobs import connect
+
+        try:
+            pool = await connect(state.settings.redis_url)
+        except Exception as exc:
+            raise ApiError(503, f"the job queue (Redis) is unreachable: {type(exc).__name__}", code="queue_unavailable") from None
+        state.extra["arq"] = pool
+    return pool
 
 
-@router.post("/rollback")
-async def rollback() -> None:
-    """Switch back to the previous version."""
-    _unavailable("rollback (hot swap)")
+@router.post("/retrain", status_code=202, response_model=EnqueueResponse,
+             responses={200: {"model": EnqueueResponse, "description": "the job of this idempotency key existed"}})
+async def retrain(state: State, body: RetrainRequest | None = None) -> Any:
+    """Enqueue a retraining job for the trainer worker (idempotent by key)."""
+    from trainer.jobs import enqueue_retrain
+    from trainer.recipe import RetrainRequest as TrainerRequest
+
+    body = body or RetrainRequest()
+    try:
+        request = TrainerRequest.model_validate(body.model_dump(exclude={"idempotency_key"}))
+    except ValidationError as exc:
+        message, param, code = describe_validation([dict(e) for e in exc.errors()])
+        raise ApiError(422, message, param=param, code=code) from None
+    pool = await _queue(state)
+    try:
+        result = await enqueue_retrain(pool, request, body.idempotency_key, prefix=_job_prefix(state),
+                                       queue_name=state.settings.queue_name, trigger="api")
+    except OSError as exc:
+        raise ApiError(503, f"the job queue (Redis) is unreachable: {type(exc).__name__}", code="queue_unavailable") from None
+    payload = EnqueueResponse(job=result.job.model_dump(mode="json"), created=result.created)
+    return JSONResponse(payload.model_dump(mode="json"), status_code=202 if result.created else 200)
+
+
+@router.get("/jobs", response_model=JobList)
+async def jobs(state: State, limit: int = 50) -> JobList:
+    """Training jobs, newest first, with their states and progress."""
+    from trainer.jobs import list_jobs
+
+    if not 1 <= limit <= 500:
+        raise ApiError(422, "limit: must be between 1 and 500", param="limit", code="invalid_value")
+    records = await list_jobs(state.redis, prefix=_job_prefix(state), limit=limit)
+    return JobList(jobs=[r.model_dump(mode="json") for r in records])
+
+
+@router.get("/jobs/{job_id}", responses={404: {"model": ErrorResponse}})
+async def job(job_id: JobId, state: State) -> dict[str, Any]:
+    """One job: state, progress, published versions, outcome or error."""
+    from trainer.jobs import get_job
+
+    record = await get_job(state.redis, job_id, prefix=_job_prefix(state))
+    if record is None:
+        raise ApiError(404, f"no job {job_id!r}", param="job_id", code="job_not_found")
+    return record.model_dump(mode="json")
+
+
+@router.get("/versions", response_model=VersionsResponse)
+async def versions(state: State) -> VersionsResponse:
+    """Published model versions (manifest data), which is active / previous / resident, and swaps
+    with their phase timings."""
+    return _swap(state).versions()
+
+
+@router.post("/deploy", response_model=SwapRecord,
+             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+async def deploy(body: DeployRequest, state: State) -> SwapRecord:
+    """Load a version beside the active one, verify it (checksums, golden prompts), switch. Answers
+    once committed; the old version drains and is unloaded in the background (see /admin/versions)."""
+    try:
+        return await _swap(state).deploy(body.version)
+    except SwapError as exc:
+        raise _swap_error(exc) from None
+
+
+@router.post("/rollback", response_model=SwapRecord, responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+async def rollback(state: State) -> SwapRecord:
+    """Switch back to the previous version (a flip while it is still loaded, else a swap to it)."""
+    try:
+        return await _swap(state).rollback()
+    except SwapError as exc:
+        raise _swap_error(exc) from None
