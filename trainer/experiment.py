@@ -1,0 +1,535 @@
+"""``mathagent experiment irpo|mdpo``: the comparison of the IRPO and M-DPO papers, run on one
+data set and model, every row through the real agent loop, sandbox, trainer and registry.
+
+Rows (docs/algorithms.md): zero-shot greedy and maj@k; SFT on gold tool trajectories (the
+warm-up the preference rows start from, reported as its own row); then per family the
+preference rows. Implemented in this increment: IRPO's plain DPO and DPO+NLL iteration 1,
+M-DPO and M-KTO iteration 1 (at iteration 1 a fixed and a previous-iteration reference are the
+same model). The other rows are listed as ``not_implemented``, never faked.
+
+Each row calls what the iteration driver (:mod:`trainer.iterate`) calls: the data split
+(:func:`trainer.collect.dataset_split`, or the graded task family :mod:`agent.tasks`),
+rollouts (:func:`trainer.rollouts.run_rollouts`, gold solutions rendered by
+:func:`trainer.rollouts.gold_trajectory_for` in the real sandbox), pair builders
+(:mod:`trainer.pairs`), training in an ``accelerate launch`` subprocess
+(:func:`trainer.launch.run_training`), evaluation (:func:`trainer.gate.evaluate_engine`, and
+:func:`agent.evaluate.evaluate` for maj@k) and publishing (:class:`trainer.registry.Registry`, a
+registry inside the run directory so experiments never touch the served model's).
+
+Run directory::
+
+    config.json              the experiment's config; a rerun with another config is refused
+    rows/<row>.json          one RowResult per finished row: a finished row is never rerun
+    rows/<row>/              the row's work: pairs, training output, eval report (resumable)
+    shared/rollouts-*.jsonl  rollouts of a start model, shared by rows starting from it
+    registry/                the versions the rows trained
+    plots/*.png              chosen / rejected log-prob curves per trained row
+
+The budget (``--budget-minutes``) bounds the wall time of one invocation: a row whose
+estimated time (the last finished row of the same kind, less its shared rollouts) exceeds what is left is
+skipped with the reason; a row still running when the budget ends is cancelled (its training
+subprocess killed) and reported as skipped; its partial work (rollouts, saved training state)
+is kept, so a rerun with more budget continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.datasets import Problem
+from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, plot_curves
+from trainer.runstate import write_json_durable
+from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+Family = Literal["irpo", "mdpo"]
+RowKind = Literal["zero_shot", "sft_gold", "preference", "todo"]
+DATASETS = ("tasks", "synthetic", "gsm8k", "math")
+KEEP_AFTER_PUBLISH = {"curves.jsonl", "train_result.json"}
+
+
+class ExperimentConfig(BaseModel):
+    """Everything that decides what the rows compute (the budget does not: it only bounds time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Family
+    dataset: str = Field("tasks", description="tasks (graded family), synthetic, gsm8k or math")
+    data_dir: Path | None = None
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="tasks: difficulty levels")
+    model: str = Field("smollm2", description="model spec: smollm2, a checkpoint directory or a hub id")
+    train_limit: int = Field(32, ge=1)
+    eval_limit: int = Field(32, ge=1)
+    samples: int = Field(4, ge=2, description="rollouts per training prompt (IRPO's N)")
+    maj_k: int = Field(4, ge=2, description="samples of the zero-shot maj@k row")
+    temperature: float = Field(0.8, ge=0, description="rollout and maj@k temperature")
+    pairs_k: int = Field(4, ge=1, description="IRPO pairs per problem (K)")
+    warmup: bool = Field(True, description="preference rows start from the SFT-on-gold row's model")
+    warmup_lr: float = Field(1e-5, gt=0)
+    lr: float = Field(1e-6, gt=0)
+    beta: float = Field(0.1, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per training")
+    batch_size: int = Field(4, ge=1)
+    max_length: int = Field(1024, ge=16)
+    concurrency: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class ExperimentError(ValueError):
+    """A run that cannot start (bad config, a run directory holding another config)."""
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    name: str
+    label: str
+    kind: RowKind
+    loss: str | None = None
+    scheme: Literal["irpo", "mdpo"] | None = None
+
+
+_TODO = "not implemented yet"
+ROWS: dict[Family, list[RowSpec]] = {
+    "irpo": [
+        RowSpec("zero_shot", "zero-shot", "zero_shot"),
+        RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
+        RowSpec("star", "STaR (SFT on correct samples)", "todo"),
+        RowSpec("dpo_1", "DPO it.1", "preference", loss="dpo", scheme="irpo"),
+        RowSpec("dpo_nll_1", "DPO+NLL (IRPO) it.1", "preference", loss="dpo+nll", scheme="irpo"),
+        RowSpec("dpo_nll_2", "DPO+NLL (IRPO) it.2", "todo"),
+        RowSpec("dpo_nll_3", "DPO+NLL (IRPO) it.3", "todo"),
+        RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "todo"),
+    ],
+    "mdpo": [
+        RowSpec("zero_shot", "zero-shot", "zero_shot"),
+        RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
+        RowSpec("raft", "RAFT (SFT on correct samples)", "todo"),
+        RowSpec("mdpo_1", "M-DPO it.1", "preference", loss="dpo", scheme="mdpo"),
+        RowSpec("mkto_1", "M-KTO it.1", "preference", loss="kto", scheme="mdpo"),
+        RowSpec("mdpo_2_fixed", "M-DPO it.2, fixed reference", "todo"),
+        RowSpec("mdpo_2_prev", "M-DPO it.2, previous-iteration reference", "todo"),
+        RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "todo"),
+    ],
+}
+
+
+def experiment_split(config: ExperimentConfig, settings: TrainerSettings) -> tuple[list[Problem], list[Problem]]:
+    """Training problems and disjoint held-out problems."""
+    if config.dataset == "tasks":
+        from agent.tasks import task_problems
+
+        return (task_problems(config.train_limit, split="train", levels=config.levels, seed=config.seed),
+                task_problems(config.eval_limit, split="heldout", levels=config.levels, seed=config.seed))
+    if config.dataset not in DATASETS:
+        raise ExperimentError(f"dataset must be one of {', '.join(DATASETS)}, not {config.dataset!r}")
+    from trainer.collect import dataset_split
+    from trainer.recipe import RetrainRequest, resolve_recipe
+
+    request = RetrainRequest(dataset=config.dataset, data_dir=config.data_dir, train_limit=config.train_limit,
+                             eval_limit=config.eval_limit, seed=config.seed)
+    split = dataset_split(resolve_recipe(settings, request))
+    return split.train, split.heldout
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _no_progress(_: str, __: int, ___: int) -> None:
+    return None
+
+
+def _reusable_estimate(row: RowResult) -> float:
+    """Seconds a row like ``row`` will take: its own, less the rollouts (shared by every
+    preference row from the same start model, so the next one reads them from the file)."""
+    return max(0.0, row.seconds - row.step_seconds.get("rollouts", 0.0))
+
+
+class Experiment:
+    """One experiment run directory; :meth:`run` does (or resumes) every row that fits the budget."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *,
+                 budget_s: float | None = None, progress: ProgressFn = _no_progress) -> None:
+        from trainer.registry import Registry
+
+        self.config = config
+        self.dir = Path(run_dir)
+        self.settings = settings
+        self.budget_s = budget_s
+        self.progress = progress
+        self._check_config()
+        self.registry = Registry(self.dir / "registry")
+        self._stack = contextlib.AsyncExitStack()
+        self._sandbox: Any = None
+        self._split: tuple[list[Problem], list[Problem]] | None = None
+
+    # -- the run directory ----------------------------------------------------------------------
+    def _check_config(self) -> None:
+        path = self.dir / "config.json"
+        if path.is_file():
+            old = ExperimentConfig.model_validate_json(path.read_text())
+            if old != self.config:
+                diff = [k for k in ExperimentConfig.model_fields if getattr(old, k) != getattr(self.config, k)]
+                raise ExperimentError(f"{self.dir} holds an experiment with a different config (differs in: "
+                                      f"{', '.join(diff)}); use another --run-dir")
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json_durable(path, self.config.model_dump_json(indent=2))
+
+    def row_file(self, name: str) -> Path:
+        return self.dir / "rows" / f"{name}.json"
+
+    def row_dir(self, name: str) -> Path:
+        d = self.dir / "rows" / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def finished(self, name: str) -> RowResult | None:
+        path = self.row_file(name)
+        return RowResult.model_validate_json(path.read_text()) if path.is_file() else None
+
+    # -- resources ------------------------------------------------------------------------------
+    def split(self) -> tuple[list[Problem], list[Problem]]:
+        if self._split is None:
+            self._split = experiment_split(self.config, self.settings)
+        return self._split
+
+    async def sandbox(self) -> Any:
+        if self._sandbox is None:
+            from agent.runtime import open_sandbox
+
+            self._sandbox, note = await self._stack.enter_async_context(open_sandbox(self.settings))
+            log.info("%s", note)
+        return self._sandbox
+
+    def solver_settings(self) -> Any:
+        from agent.runtime import solver_settings
+
+        return solver_settings(self.settings).model_copy(update={"sample_temperature": self.config.temperature})
+
+    async def engine(self, path: Path, version: str) -> Any:
+        from agent.engines.transformers_engine import TransformersEngine
+
+        return await asyncio.to_thread(TransformersEngine.from_path, path, version=version,
+                                       threads=self.settings.torch_threads)
+
+    def base(self) -> tuple[Path, str]:
+        from agent.modelstore import resolve
+
+        resolved = resolve(self.config.model, self.settings.state_dir)
+        return Path(resolved.path), resolved.version
+
+    # -- the run --------------------------------------------------------------------------------
+    async def run(self) -> list[RowResult]:
+        t0 = time.monotonic()
+        rows: list[RowResult] = []
+        seconds_by_kind: dict[str, tuple[str, float]] = {}
+        try:
+            for spec in ROWS[self.config.family]:
+                done = self.finished(spec.name)
+                if done is not None:
+                    rows.append(done)
+                    seconds_by_kind[spec.kind] = (spec.label, _reusable_estimate(done))
+                    continue
+                head: dict[str, Any] = dict(name=spec.name, label=spec.label)
+                if spec.kind == "todo":
+                    rows.append(RowResult(**head, status="not_implemented", reason=_TODO))
+                    continue
+                if spec.kind == "preference" and self.config.warmup and self.finished("sft_gold") is None:
+                    rows.append(RowResult(**head, status="skipped", reason="starts from the warm-up row, not done"))
+                    continue
+                left = None if self.budget_s is None else self.budget_s - (time.monotonic() - t0)
+                if left is not None:
+                    like = seconds_by_kind.get(spec.kind)
+                    if left <= 0 or (like is not None and like[1] > left):
+                        why = f"{max(left, 0):.0f}s of the budget left"
+                        if like is not None:
+                            why += f"; needs about {like[1]:.0f}s (like {like[0]})"
+                        rows.append(RowResult(**head, status="skipped", reason=why))
+                        continue
+                started = time.monotonic()
+                try:
+                    result = await asyncio.wait_for(self.row(spec), left)
+                except TimeoutError:
+                    rows.append(RowResult(**head, status="skipped", reason=(
+                        f"budget ran out after {time.monotonic() - started:.0f}s in this row; partial work kept, "
+                        "a rerun with more budget continues it")))
+                    continue
+                except Exception as exc:
+                    from trainer.launch import TrainingFailed
+
+                    if not isinstance(exc, TrainingFailed | ExperimentError):
+                        raise
+                    log.error("row %s failed: %s", spec.name, exc)
+                    rows.append(RowResult(**head, status="failed", reason=str(exc).splitlines()[0][:200]))
+                    continue
+                result.seconds = round(time.monotonic() - started, 1)
+                if result.status == "done":
+                    write_json_durable(self.row_file(spec.name), result.model_dump_json(indent=2))
+                    seconds_by_kind[spec.kind] = (spec.label, _reusable_estimate(result))
+                    self._cleanup(spec.name)
+                rows.append(result)
+        finally:
+            await self._stack.aclose()
+        plot_curves(rows, self.dir, self.dir / "plots")
+        write_json_durable(self.dir / "summary.json",
+                           "[" + ",".join(r.model_dump_json() for r in rows) + "]")
+        return rows
+
+    async def row(self, spec: RowSpec) -> RowResult:
+        if spec.kind == "zero_shot":
+            return await self.row_zero_shot(spec)
+        if spec.kind == "sft_gold":
+            return await self.row_sft_gold(spec)
+        return await self.row_preference(spec)
+
+    # -- rows -----------------------------------------------------------------------------------
+    async def row_zero_shot(self, spec: RowSpec) -> RowResult:
+        from agent.evaluate import EvalReport, evaluate
+        from agent.solver import Solver
+
+        _, heldout = self.split()
+        path, version = self.base()
+        cache = self.row_dir(spec.name) / "eval.json"
+        t0 = time.monotonic()
+        if cache.is_file():
+            report = EvalReport.model_validate_json(cache.read_text())
+        else:
+            sandbox = await self.sandbox()
+            engine = await self.engine(path, version)
+            count = 0
+
+            def on_done(_: object) -> None:
+                nonlocal count
+                count += 1
+                self.progress(f"{spec.label}: greedy + maj@{self.config.maj_k}", count, len(heldout))
+
+            try:
+                solver = Solver(engine, sandbox, None, self.solver_settings())
+                report = await evaluate(solver, heldout, dataset=self.config.dataset, samples=self.config.maj_k,
+                                        concurrency=self.config.concurrency, seed=self.config.seed, on_done=on_done)
+            finally:
+                await engine.aclose()
+            write_json_durable(cache, report.model_dump_json())
+        return RowResult(
+            name=spec.name, label=spec.label, status="done", start=f"base {version}",
+            greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=self.config.seed),
+            maj=bootstrap_ci([bool(o.maj_correct) for o in report.outcomes], seed=self.config.seed),
+            maj_k=self.config.maj_k, tool_call_rate=report.tool_call_rate,
+            step_seconds={"eval": round(time.monotonic() - t0, 1)},
+        )
+
+    async def row_sft_gold(self, spec: RowSpec) -> RowResult:
+        """SFT on the gold solutions of the training problems, rendered as tool trajectories (the
+        gold Python run in the sandbox) after the exact prompt ids the agent would use."""
+        from agent import prompts
+        from agent.engines.tokens import TokenizerOps
+        from agent.modelstore import load_tokenizer
+        from agent.trajectory import Segment, SegmentKind, Trajectory
+        from trainer.collect import from_problem
+        from trainer.examples import example_from_trajectory
+        from trainer.io import write_pairs
+        from trainer.pairs import Pair, Scheme
+        from trainer.rollouts import gold_trajectory_for
+
+        train, _ = self.split()
+        path, version = self.base()
+        d = self.row_dir(spec.name)
+        times: dict[str, float] = {}
+        t0 = time.monotonic()
+        pairs_path = d / "pairs.jsonl"
+        if not pairs_path.is_file():
+            tokenizer = await asyncio.to_thread(load_tokenizer, path)
+            ops = TokenizerOps()
+            ops.tokenizer = tokenizer
+            sandbox = await self.sandbox()
+            max_turns = self.solver_settings().max_turns
+            pairs = []
+            for n, p in enumerate(train, 1):
+                ids = ops.chat_prefix(prompts.messages(prompts.user_message(p.problem, p.mode, max_turns=max_turns)))
+                first = Trajectory(problem=p.problem, segments=[Segment(kind=SegmentKind.prompt, text=ops.decode(ids),
+                                                                          token_ids=ids)])
+                gold = await gold_trajectory_for(from_problem(p), first, tokenizer, sandbox)
+                self.progress(f"{spec.label}: gold trajectories", n, len(train))
+                if gold is None:
+                    continue
+                ex = example_from_trajectory(gold)
+                # the sft loss reads the chosen sequence only (trainer/items.py); rejected is a placeholder
+                pairs.append(Pair(problem_key=p.id, problem=p.problem, mode=p.mode, scheme=Scheme.irpo, chosen=ex,
+                                  rejected=ex))
+            if not pairs:
+                raise ExperimentError(f"{self.config.dataset}: no training problem has a gold solution to SFT on")
+            write_pairs(pairs, pairs_path)
+        times["gold"] = round(time.monotonic() - t0, 1)
+        n_pairs = sum(1 for line in pairs_path.read_text().splitlines() if line.strip())
+        trained = await self.train_and_publish(spec, d, start_path=path, start=f"base {version}", parent=None, n_pairs=n_pairs,
+                                               lr=self.config.warmup_lr, times=times)
+        return trained.model_copy(update={"pairs": n_pairs})
+
+    async def row_preference(self, spec: RowSpec) -> RowResult:
+        from agent.modelstore import load_tokenizer
+        from agent.solver import Solver
+        from trainer.collect import from_problem
+        from trainer.io import write_pairs
+        from trainer.pairs import irpo_pairs, mdpo_pairs, problem_key
+        from trainer.rollouts import run_rollouts
+
+        train, _ = self.split()
+        if self.config.warmup:
+            warm = self.finished("sft_gold")
+            assert warm is not None and warm.version is not None
+            start, parent = warm.version, warm.version
+            start_path = self.registry.path(start)
+        else:
+            start_path, base_version = self.base()
+            start, parent = f"base {base_version}", None
+        d = self.row_dir(spec.name)
+        times: dict[str, float] = {}
+        t0 = time.monotonic()
+        rollouts_path = self.dir / "shared" / f"rollouts-{start.replace(' ', '-')}.jsonl"
+        sandbox = await self.sandbox()
+        engine = await self.engine(start_path, start.split()[-1])
+        try:
+            tokenizer = await asyncio.to_thread(load_tokenizer, start_path)
+            solver = Solver(engine, sandbox, None, self.solver_settings())
+
+            async def on_done(done: int, total: int) -> None:
+                self.progress(f"{spec.label}: rollouts from {start}", done, total)
+
+            records = await run_rollouts(
+                solver, [from_problem(p) for p in train], rollouts_path, samples=self.config.samples,
+                temperature=self.config.temperature, concurrency=self.config.concurrency, seed=self.config.seed,
+                iteration=1, tokenizer=tokenizer, on_done=on_done,
+            )
+        finally:
+            await engine.aclose()
+        times["rollouts"] = round(time.monotonic() - t0, 1)
+        trajs = [t for r in records.values() for t in r.trajectories]
+        if spec.scheme == "irpo":
+            gold = {problem_key(r.gold): r.gold for r in records.values() if r.gold is not None}
+            pair_set = irpo_pairs(trajs, k=self.config.pairs_k, gold=gold, max_length=self.config.max_length)
+        else:
+            pair_set = mdpo_pairs(trajs, max_length=self.config.max_length, seed=self.config.seed)
+        head: dict[str, Any] = dict(name=spec.name, label=spec.label, start=start, loss=spec.loss,
+                                    pairs=len(pair_set.pairs), pair_counts=pair_set.counts)
+        if not pair_set.pairs:
+            return RowResult(**head, status="skipped", reason=f"no pairs from the rollouts ({pair_set.counts})")
+        write_pairs(pair_set.pairs, d / "pairs.jsonl")
+        trained = await self.train_and_publish(spec, d, start_path=start_path, start=start, parent=parent,
+                                               n_pairs=len(pair_set.pairs), lr=self.config.lr, times=times)
+        return trained.model_copy(update={"pairs": len(pair_set.pairs), "pair_counts": pair_set.counts})
+
+    # -- the shared tail: train, publish, evaluate ----------------------------------------------
+    async def train_and_publish(self, spec: RowSpec, d: Path, *, start_path: Path, start: str, parent: str | None,
+                                n_pairs: int, lr: float, times: dict[str, float]) -> RowResult:
+        from trainer.config import TrainConfig
+        from trainer.iterate import candidate_dir
+        from trainer.launch import run_training
+        from trainer.train import TrainResult
+
+        assert spec.loss is not None
+        c = self.config
+        out = d / "train"
+        config = TrainConfig(
+            pairs=d / "pairs.jsonl", out=out, model=str(start_path), state_dir=self.settings.state_dir, loss=spec.loss,
+            beta=c.beta, alpha=c.alpha, lr=lr, epochs=c.epochs, max_steps=c.max_steps,
+            per_device_batch_size=max(1, min(c.batch_size, n_pairs)), save_steps=10, max_length=c.max_length,
+            seed=c.seed, resume=True, progress=False,
+        )
+        t0 = time.monotonic()
+        if (out / "train_result.json").is_file():
+            result = TrainResult.model_validate_json((out / "train_result.json").read_text())
+        else:
+            async def on_step(rec: dict[str, Any]) -> None:
+                self.progress(f"{spec.label}: training ({spec.loss}) loss {rec.get('loss', 0):.3f}",
+                              int(rec["step"]), 0)
+
+            result = await run_training(config, d, processes=1, on_step=on_step)
+        times["train"] = round(time.monotonic() - t0, 1)
+
+        t0 = time.monotonic()
+        version = self._published(spec.name)
+        if version is None:
+            src = await asyncio.to_thread(candidate_dir, out, d / "candidate")
+            manifest = await asyncio.to_thread(
+                self.registry.publish, src, base_model=c.model, parent=parent, kind="full",
+                training_config={"experiment": str(self.dir.name), "row": spec.name, "start": start,
+                                 "train": config.model_dump(mode="json"), "lineage_iteration": 1},
+            )
+            version = manifest.version
+            shutil.rmtree(src, ignore_errors=True)
+        times["publish"] = round(time.monotonic() - t0, 1)
+
+        t0 = time.monotonic()
+        report = await self._eval(spec, self.registry.path(version), version, d / "eval.json")
+        times["eval"] = round(time.monotonic() - t0, 1)
+        return RowResult(
+            name=spec.name, label=spec.label, status="done", start=start, version=version, loss=spec.loss,
+            greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=c.seed),
+            tool_call_rate=report.tool_call_rate, train_steps=result.steps, loss_first=result.first_loss,
+            loss_last=result.last.get("loss"), curves=str((out / "curves.jsonl").relative_to(self.dir)),
+            step_seconds=times,
+        )
+
+    def _published(self, row: str) -> str | None:
+        for m in self.registry.manifests():
+            if m.training_config.get("row") == row and m.training_config.get("experiment") == self.dir.name:
+                return m.version
+        return None
+
+    async def _eval(self, spec: RowSpec, path: Path, version: str, cache: Path) -> Any:
+        from agent.evaluate import EvalReport
+        from trainer.gate import evaluate_engine
+
+        if cache.is_file():
+            return EvalReport.model_validate_json(cache.read_text())
+        _, heldout = self.split()
+        sandbox = await self.sandbox()
+        engine = await self.engine(path, version)
+
+        async def on_done(done: int, total: int) -> None:
+            self.progress(f"{spec.label}: evaluating {version}", done, total)
+
+        try:
+            report = await evaluate_engine(engine, sandbox, heldout, dataset=self.config.dataset,
+                                           settings=self.solver_settings(), concurrency=self.config.concurrency,
+                                           on_done=on_done)
+        finally:
+            await engine.aclose()
+        write_json_durable(cache, report.model_dump_json())
+        return report
+
+    def _cleanup(self, name: str) -> None:
+        """After a row is recorded: its weights live in the registry; drop the training copy
+        (and the optimizer state), keep the curves and the training result."""
+        out = self.dir / "rows" / name / "train"
+        if not out.is_dir():
+            return
+        for p in out.iterdir():
+            if p.name in KEEP_AFTER_PUBLISH:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+async def run_experiment(config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *,
+                         budget_s: float | None = None, progress: ProgressFn = _no_progress) -> list[RowResult]:
+    """Run (or resume) the experiment in ``run_dir``; returns every row (done, skipped, not implemented)."""
+    return await Experiment(config, run_dir, settings, budget_s=budget_s, progress=progress).run()
+
+
+__all__ = ["ROWS", "Accuracy", "Experiment", "ExperimentConfig", "ExperimentError", "RowResult", "run_experiment"]

@@ -1,0 +1,152 @@
+"""The results of an experiment (``mathagent experiment``): typed row results, the 95% bootstrap
+interval of an accuracy, the rich table and the log-prob curve plots.
+
+Why a hand-written bootstrap: it is ten lines of numpy (percentile bootstrap over problems);
+scipy.stats.bootstrap would add a dependency for the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+from rich.table import Table
+
+RowStatus = Literal["done", "skipped", "not_implemented", "failed"]
+
+
+class Accuracy(BaseModel):
+    """An accuracy on the held-out split with its 95% percentile-bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def cell(self) -> str:
+        return f"{100 * self.value:.1f}"
+
+    def ci_cell(self) -> str:
+        return f"[{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+
+class RowResult(BaseModel):
+    """One row of the comparison. Only ``done`` rows are stored (``rows/<name>.json``); the
+    others are recomputed on every run, so a later run with a larger budget does them."""
+
+    name: str
+    label: str
+    status: RowStatus
+    reason: str = ""
+    greedy: Accuracy | None = None
+    maj: Accuracy | None = Field(None, description="maj@k, where the row measures it")
+    maj_k: int | None = None
+    tool_call_rate: float | None = None
+    start: str | None = Field(None, description="the model the row started from (spec or registry version)")
+    version: str | None = Field(None, description="the registry version the row trained")
+    loss: str | None = None
+    pairs: int | None = None
+    pair_counts: dict[str, int] = Field(default_factory=dict)
+    train_steps: int | None = None
+    loss_first: float | None = None
+    loss_last: float | None = None
+    curves: str | None = Field(None, description="curves.jsonl of the training, relative to the run directory")
+    seconds: float = 0.0
+    step_seconds: dict[str, float] = Field(default_factory=dict)
+
+
+def bootstrap_ci(correct: list[bool], *, iters: int = 2000, seed: int = 0, level: float = 0.95) -> Accuracy:
+    """Mean of ``correct`` and its percentile bootstrap interval (resampling problems)."""
+    n = len(correct)
+    if n == 0:
+        return Accuracy(value=0.0, low=0.0, high=0.0, n=0)
+    x = np.asarray(correct, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, n, size=(iters, n))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Accuracy(value=float(x.mean()), low=float(low), high=float(high), n=n)
+
+
+def table(rows: list[RowResult], *, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("row", "status", "acc %", "95% CI", "n", "start", "pairs", "steps", "loss", "version", "s", "note"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        done = r.status == "done"
+        measures: list[tuple[str, Accuracy | None]] = [(r.label, r.greedy)]
+        if r.maj is not None:
+            measures.append((f"{r.label} maj@{r.maj_k}", r.maj))
+        for i, (label, acc) in enumerate(measures):
+            loss = (f"{r.loss_first:.3f}->{r.loss_last:.3f}"
+                    if i == 0 and r.loss_first is not None and r.loss_last is not None else "")
+            t.add_row(
+                label, r.status if done else f"[yellow]{r.status}[/]",
+                acc.cell() if acc else "-", acc.ci_cell() if acc else "-", str(acc.n) if acc else "-",
+                (r.start or "") if i == 0 else "", str(r.pairs) if i == 0 and r.pairs is not None else "",
+                str(r.train_steps) if i == 0 and r.train_steps is not None else "", loss,
+                (r.version or "") if i == 0 else "", f"{r.seconds:.0f}" if i == 0 and done else "",
+                r.reason if i == 0 else "",
+            )
+    return t
+
+
+def read_curves(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a torn last line of an interrupted training
+            continue
+    return out
+
+
+def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Path]:
+    """Per trained row, the mean model-token log-probs of chosen and rejected sequences per
+    optimizer step (IRPO's figure: without NLL both fall; with it chosen rises); plus one
+    figure with every row. Returns the PNG files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = {r.name: (r, read_curves(run_dir / r.curves)) for r in rows if r.status == "done" and r.curves}
+    curves = {k: v for k, v in curves.items() if v[1]}
+    written: list[Path] = []
+    if not curves:
+        return written
+    both, ax_all = plt.subplots(figsize=(8, 5))
+    for name, (row, recs) in curves.items():
+        steps = [int(c["step"]) for c in recs]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        keys = [("logps_chosen", "-")] + ([] if row.loss == "sft" else [("logps_rejected", "--")])  # sft: no rejected
+        for key, style in keys:
+            ys = [float(c.get(key, float("nan"))) for c in recs]
+            if any(y == y for y in ys):  # not all NaN
+                ax.plot(steps, ys, style, marker=".", label=key.replace("logps_", ""))
+                ax_all.plot(steps, ys, style, marker=".", label=f"{row.label}: {key.replace('logps_', '')}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("mean log-prob (model tokens)")
+        ax.set_title(f"{row.label} ({row.loss})")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    ax_all.set_xlabel("optimizer step")
+    ax_all.set_ylabel("mean log-prob (model tokens)")
+    ax_all.set_title("chosen (solid) and rejected (dashed) log-probs")
+    ax_all.legend(fontsize=7)
+    both.tight_layout()
+    path = out_dir / "logps.png"
+    both.savefig(path, dpi=100)
+    plt.close(both)
+    written.append(path)
+    return written
