@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -9,11 +8,11 @@ import pytest
 # the suite runs with --import-mode=importlib: make this folder's helper modules importable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from agent_paths import state_dir
+
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine():
-    from conftest import state_dir
+    from agent_paths import state_dir
 
     from agent.engines.transformers_engine import TransformersEngine
     from agent.modelstore import resolve

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,10 +50,17 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen([MATHAGENT, "up"], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     seen: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 240
         health = None
+        # Ready = the components answer AND `up` has printed what runs where.
+        while time.monotonic() < deadline and proc.poll() is None and "mathagent is up" not in "".join(lines):
+            time.sleep(0.2)
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 r = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5)
@@ -73,7 +81,9 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert len(seen) >= 4  # redis, sandbox (+ its workers), gateway, trainer worker
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
     assert "mathagent is up" in out and "stopped" in out
     time.sleep(0.5)
