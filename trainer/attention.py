@@ -93,8 +93,12 @@ def _attention(
 
 @functools.lru_cache(maxsize=512)
 def _suffix_mask(n: int, prefix: int, device: torch.device) -> torch.Tensor:
-    """Suffix row i sees the whole prefix and suffix tokens 0..i (bottom-right-aligned causal)."""
-    return torch.ones(n, prefix + n, dtype=torch.bool, device=device).tril(diagonal=prefix)
+    """Suffix row i sees the whole prefix and suffix tokens 0..i (bottom-right-aligned causal).
+
+    Cached across calls, so never an inference tensor (the reference pass runs under
+    ``torch.inference_mode``; training then reuses the mask under autograd)."""
+    with torch.inference_mode(False):
+        return torch.ones(n, prefix + n, dtype=torch.bool, device=device).tril(diagonal=prefix)
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:

@@ -210,7 +210,7 @@ def main(
     from agent.modelstore import resolve
     from trainer.config import _default_state_dir
 
-    console = Console()
+    console = Console(width=max(110, Console().width))
     model_path = str(resolve(model, _default_state_dir()).path)
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as d:

@@ -249,6 +249,7 @@ def packed_logps(model: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tens
     if model.training and getattr(model, "is_activation_checkpointing", False) and not is_active(model):
         raise RuntimeError("with gradient checkpointing, enter trainer.attention.packed_attention(model) around backward too")
     head = _head(model)
+    own_forward = head.__dict__.get("forward") if head is not None else None  # e.g. an accelerate hook's
     if head is not None:
         linear, labels = head, batch.labels
 
@@ -266,7 +267,9 @@ def packed_logps(model: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tens
                 packed_groups=batch.groups,
             )
     finally:
-        if head is not None:
+        if own_forward is not None:
+            head.forward = own_forward  # type: ignore[union-attr,method-assign]
+        elif head is not None:
             del head.forward  # back to the class's forward
     per_token = out.logits[0, :, 0] if head is not None else token_logps(out.logits[0], batch.labels)
     sums = torch.zeros(batch.n_sequences, dtype=per_token.dtype, device=per_token.device)

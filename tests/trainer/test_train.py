@@ -56,7 +56,7 @@ def on_policy_model(tmp_path, tokenizer, pairs):
 
     both = [p.model_copy(update={"chosen": seq}) for p in pairs for seq in (p.chosen, p.rejected)]
     model = tiny_random_model(tokenizer)
-    run(tmp_path, "warmup", tokenizer, both, model=model, loss="sft", epochs=10, shuffle=True)
+    run(tmp_path, "warmup", tokenizer, both, model=model, loss="sft", epochs=5, shuffle=True)
     return model
 
 
@@ -75,12 +75,12 @@ def test_dpo_alone_lowers_the_chosen_logprob_and_dpo_nll_raises_it(tmp_path, tok
 
     nll_start = on_policy_model(tmp_path, tokenizer, pairs)
     dpo_start = copy.deepcopy(nll_start)
-    model, before, result, nll = run(tmp_path, "nll", tokenizer, pairs, model=nll_start, loss="dpo+nll", alpha=1.0)
-    _, _, _, dpo = run(tmp_path, "dpo", tokenizer, pairs, model=dpo_start, loss="dpo")
-    assert result.steps == len(nll) == len(dpo) == 24
+    model, before, result, nll = run(tmp_path, "nll", tokenizer, pairs, model=nll_start, loss="dpo+nll", alpha=1.0, epochs=8)
+    _, _, _, dpo = run(tmp_path, "dpo", tokenizer, pairs, model=dpo_start, loss="dpo", epochs=8)
+    assert result.steps == len(nll) == len(dpo) == 16
     assert nll[0]["logps_chosen"] == pytest.approx(dpo[0]["logps_chosen"], abs=1e-3)  # the same starting point
     for curve in (nll, dpo):
-        assert curve[-1]["margin"] > curve[0]["margin"] + 0.02  # the margin grows in both
+        assert curve[-1]["margin"] > curve[0]["margin"] + 0.01  # the margin grows in both
     n_tokens = 16  # model tokens of each chosen sequence
     assert dpo[-1]["logps_chosen"] <= dpo[0]["logps_chosen"] + 0.05 * n_tokens  # falls (or at least does not rise)
     assert dpo[-1]["logps_rejected"] - dpo[0]["logps_rejected"] < dpo[-1]["logps_chosen"] - dpo[0]["logps_chosen"]
