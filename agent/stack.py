@@ -199,7 +199,9 @@ class Stack:
         key = "arq:queue:health-check"
         client = redis.Redis.from_url(self.s.redis_url, socket_timeout=2)
         client.delete(key)  # a stale key from an earlier worker must not count
-        child = self.spawn("trainer", [sys.executable, "-m", "trainer", "worker"], "")
+        # Deploys go through the gateway's hot swap (the admin token is already in self.env).
+        env = {**self.env, "MATHAGENT_GATEWAY_URL": f"http://{self.s.host}:{self.s.port}"}
+        child = self.spawn("trainer", [sys.executable, "-m", "trainer", "worker"], "", env)
         try:
             _wait("trainer worker", lambda: bool(client.exists(key)), child, self.s.start_timeout_s)
         finally:

@@ -65,15 +65,26 @@ def run_cell(code: str, cell_no: int, namespace: dict) -> tuple[bool, str | None
     except SystemExit as e:
         if e.code in (None, 0):
             return False, None
-        sys.stderr.write(format_user_traceback(e))
+        _report(e)
         return True, "SystemExit"
     except BaseException as e:
-        try:
-            sys.stderr.write(format_user_traceback(e))
-        except BaseException:
-            sys.stderr.write(f"{type(e).__name__}\n")
+        _report(e)
         return True, type(e).__name__
     return False, None
+
+
+def _report(exc: BaseException) -> None:
+    """Write the user's traceback to stderr, best effort: the cell may have closed or replaced its own
+    stderr (``os.close(2)``), and a failed write here must never escape into the serve loop, which
+    would then never send its "done" message and the supervisor would have to kill the worker."""
+    try:
+        text = format_user_traceback(exc)
+    except BaseException:
+        text = f"{type(exc).__name__}\n"
+    try:
+        sys.stderr.write(text)
+    except BaseException:
+        pass
 
 
 # Typical first steps of a math cell. A fresh worker shares the zygote's memory copy-on-write, so the
@@ -124,7 +135,10 @@ def serve(ctl: socket.socket, persistent: bool) -> None:
         except (OSError, EOFError, ValueError):
             _exit_now()
         cell_no += 1
-        raised, exc_type = run_cell(msg["code"], cell_no, namespace)
+        try:
+            raised, exc_type = run_cell(msg["code"], cell_no, namespace)
+        except BaseException as e:  # run_cell catches the cell's exceptions; this is the last guard
+            raised, exc_type = True, type(e).__name__
         _flush()
         try:
             ctl.sendall(protocol.encode({"op": "done", "raised": raised, "exc_type": exc_type}))

@@ -282,6 +282,8 @@ class Supervisor:
             try:
                 w = await self._spawn(slot, persistent=False)
             except (SandboxFailure, TimeoutError, OSError) as e:
+                if self.closed:  # shutting down: the zygote is gone on purpose
+                    return
                 log.error("spawning worker for slot %d failed (attempt %d): %s", slot, attempt, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -61,12 +61,13 @@ def _child(cfg: dict[str, Any], slot: int, persistent: bool, cmd: socket.socket,
         code = 0
         harness.serve(cmd, persistent)
     except BaseException:
-        try:
-            from sandbox import protocol
+        if code != 0:  # only before "ready": once serving, a stray frame would be misread mid-cell
+            try:
+                from sandbox import protocol
 
-            os.write(3, protocol.encode({"op": "setup_failed", "error": traceback.format_exc(limit=3)[-2000:]}))
-        except BaseException:
-            pass
+                os.write(3, protocol.encode({"op": "setup_failed", "error": traceback.format_exc(limit=3)[-2000:]}))
+            except BaseException:
+                pass
     finally:
         os._exit(code)
 

@@ -33,6 +33,25 @@ def test_syntax_error_points_at_cell(capsys: pytest.CaptureFixture[str]) -> None
     assert raised and exc == "SyntaxError" and '<cell 1>", line 1' in err
 
 
+class _ClosedStream:
+    """What sys.stdout/sys.stderr become after the cell runs ``os.close(1)`` / ``os.close(2)``."""
+
+    def write(self, _text: str) -> int:
+        raise OSError(9, "Bad file descriptor")
+
+    def flush(self) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+
+def test_cell_that_closed_its_own_output_still_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The error report itself cannot be written; run_cell must still return (the worker then sends
+    # "done"), never let the write error escape (the supervisor would have to kill the worker).
+    monkeypatch.setattr("sys.stdout", _ClosedStream())
+    monkeypatch.setattr("sys.stderr", _ClosedStream())
+    assert run_cell("print('gone')", 1, {}) == (True, "OSError")
+    assert run_cell("raise SystemExit(3)", 2, {}) == (True, "SystemExit")
+
+
 def test_trailing_expression_is_displayed(capsys: pytest.CaptureFixture[str]) -> None:
     ns: dict = {}
     run_cell("a = 2\na * 21", 1, ns)
