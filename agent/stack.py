@@ -246,7 +246,9 @@ class Stack:
             stopping = True
             raise KeyboardInterrupt
 
+        # Both explicitly: a shell that starts `up` in the background sets SIGINT to "ignore".
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         table = Table(title="mathagent is up", show_header=True)
         table.add_column("component")
         table.add_column("where")
