@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -87,3 +88,22 @@ class IdempotencyStore:
             await self.redis.delete(rkey)
         except Exception as exc:
             log.warning("could not release idempotency key (%s)", type(exc).__name__)
+
+    async def run_once(
+        self, route: str, caller: str, key: str, body: Any, work: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> tuple[dict[str, Any], bool]:
+        """Run ``work`` at most once per key: (its response, False), or (the stored response,
+        True) for a repeat. A failing ``work`` releases the key so a retry can run."""
+        fingerprint = self.fingerprint(body)
+        rkey, stored = await self.claim(route, caller, key, fingerprint)
+        if stored is not None:
+            return stored, True
+        try:
+            payload = await work()
+        except BaseException:
+            if rkey is not None:
+                await self.release(rkey)
+            raise
+        if rkey is not None:
+            await self.finish(rkey, fingerprint, payload)
+        return payload, False

@@ -10,15 +10,17 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from agent.events import AnswerEvent, CodeCell, EpisodeDone, EpisodeStart, SandboxOutput, TextDelta
 from agent.solver import SolveDone, SolveError, SolveResult
 from agent.trajectory import Mode, SegmentKind, Trajectory
 from api.errors import ApiError
+from api.limits import client_key
 from api.pinned import PinnedEngine
 from api.protocol import (
     AnswerEv,
@@ -254,3 +256,20 @@ async def first_event(it: AsyncIterator[Any]) -> Any:
         return await it.__anext__()
     except StopAsyncIteration:
         raise ApiError(500, "the solve produced no events", code="empty_stream") from None
+
+
+async def respond_once(
+    state: AppState, request: Request, route: str, idempotency_key: str | None, body: dict[str, Any],
+    work: Callable[[], Awaitable[dict[str, Any]]],
+) -> JSONResponse:
+    """A non-streamed solve response: ``work`` runs once per Idempotency-Key (a repeat gets the
+    stored answer); the headers name the model version and the trajectory."""
+    if idempotency_key is None:
+        payload, replayed = await work(), False
+    else:
+        assert state.idempotency is not None
+        payload, replayed = await state.idempotency.run_once(route, client_key(request), idempotency_key, body, work)
+    headers = {"x-model-version": payload["model_version"], "x-trajectory-id": payload["trajectory_id"]}
+    if replayed:
+        headers["idempotent-replayed"] = "true"
+    return JSONResponse(payload, headers=headers)

@@ -15,14 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
 
 from agent.solver import SolveResult
 from agent.trajectory import FinishReason
 from api import solving
 from api.deps import RateLimited, State
 from api.errors import ApiError, ErrorBody, ErrorResponse, error_type
-from api.limits import client_key
 from api.openai_protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -112,43 +110,26 @@ async def chat_completions(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _stream(state, args, public, include_usage)
 
-    rkey = None
-    fingerprint = ""
-    if idempotency_key is not None:
-        assert state.idempotency is not None
-        fingerprint = state.idempotency.fingerprint(body.model_dump(mode="json"))
-        rkey, stored = await state.idempotency.claim("chat", client_key(request), idempotency_key, fingerprint)
-        if stored is not None:
-            return JSONResponse(stored, headers={"x-model-version": stored["model_version"],
-                                                 "x-trajectory-id": stored["trajectory_id"],
-                                                 "idempotent-replayed": "true"})
-    try:
+    async def work() -> dict[str, Any]:
         result: SolveResult = await solving.solve(state, request, args)
-    except BaseException:
-        if rkey is not None:
-            assert state.idempotency is not None
-            await state.idempotency.release(rkey)
-        raise
-    main = solving.main_trajectory(result)
-    prompt_tokens, completion_tokens = solving.usage_of(main)
-    completion = ChatCompletion(
-        id=f"chatcmpl-{main.id}",
-        created=int(time.time()),
-        model=public,
-        choices=[Choice(message=ResponseMessage(content=solving.readable(state, main.response_text())), finish_reason=_finish(main.finish_reason))],  # type: ignore[arg-type]
-        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens),
-        system_fingerprint=result.model_version,
-        trajectory_id=main.id,
-        model_version=result.model_version,
-        answer=result.answer,
-        correct=result.correct,
-    )
-    payload = dump(completion)
-    if rkey is not None:
-        assert state.idempotency is not None
-        await state.idempotency.finish(rkey, fingerprint, payload)
-    return JSONResponse(payload, headers={"x-model-version": result.model_version, "x-trajectory-id": main.id})
+        main = solving.main_trajectory(result)
+        prompt_tokens, completion_tokens = solving.usage_of(main)
+        completion = ChatCompletion(
+            id=f"chatcmpl-{main.id}",
+            created=int(time.time()),
+            model=public,
+            choices=[Choice(message=ResponseMessage(content=solving.readable(state, main.response_text())), finish_reason=_finish(main.finish_reason))],  # type: ignore[arg-type]
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                        total_tokens=prompt_tokens + completion_tokens),
+            system_fingerprint=result.model_version,
+            trajectory_id=main.id,
+            model_version=result.model_version,
+            answer=result.answer,
+            correct=result.correct,
+        )
+        return dump(completion)
+
+    return await solving.respond_once(state, request, "chat", idempotency_key, body.model_dump(mode="json"), work)
 
 
 async def _stream(state: State, args: solving.SolveArgs, public: str, include_usage: bool) -> EventStreamResponse:

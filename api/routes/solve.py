@@ -6,13 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
 
 from agent.solver import SolveResult
 from api import solving
 from api.deps import RateLimited, State
 from api.errors import ApiError, ErrorBody, ErrorResponse, error_type
-from api.limits import client_key
 from api.protocol import ErrorEv, ResultEv, SolveRequest, SolveResponse
 from api.sse import EventStreamResponse, sse
 
@@ -30,10 +28,6 @@ def _args(body: SolveRequest) -> solving.SolveArgs:
         body.problem, gold=body.gold, mode=body.mode, max_turns=body.max_turns, samples=body.samples,
         temperature=body.temperature, revisions=body.revisions, seed=body.seed,
     )
-
-
-def _headers(resp: SolveResponse) -> dict[str, str]:
-    return {"x-model-version": resp.model_version, "x-trajectory-id": resp.trajectory_id}
 
 
 @router.post(
@@ -54,28 +48,11 @@ async def solve(
     if body.stream:
         return await _stream(state, args)
 
-    rkey = None
-    fingerprint = ""
-    if idempotency_key is not None:
-        assert state.idempotency is not None
-        fingerprint = state.idempotency.fingerprint(body.model_dump(mode="json"))
-        rkey, stored = await state.idempotency.claim("solve", client_key(request), idempotency_key, fingerprint)
-        if stored is not None:
-            resp = SolveResponse.model_validate(stored)
-            return JSONResponse(stored, headers={**_headers(resp), "idempotent-replayed": "true"})
-    try:
+    async def work() -> dict[str, Any]:
         result: SolveResult = await solving.solve(state, request, args)
-    except BaseException:
-        if rkey is not None:
-            assert state.idempotency is not None
-            await state.idempotency.release(rkey)
-        raise
-    resp = solving.to_response(state, result)
-    payload = resp.model_dump(mode="json")
-    if rkey is not None:
-        assert state.idempotency is not None
-        await state.idempotency.finish(rkey, fingerprint, payload)
-    return JSONResponse(payload, headers=_headers(resp))
+        return solving.to_response(state, result).model_dump(mode="json")
+
+    return await solving.respond_once(state, request, "solve", idempotency_key, body.model_dump(mode="json"), work)
 
 
 async def _stream(state: State, args: solving.SolveArgs) -> EventStreamResponse:

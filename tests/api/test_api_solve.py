@@ -145,3 +145,17 @@ def test_client_disconnect_cancels_generation(tiny_app: RunningApp) -> None:
     assert engine.active_rows == 0
     assert metrics.in_flight._value.get() == 0
     assert metrics.episodes_cancelled._value.get() == cancelled_before + 1
+
+
+def test_chat_completion_idempotency_key_answers_a_retry(tiny_app: RunningApp, redis_client: redis.Redis) -> None:
+    before = redis_client.xlen("mathagent:trajectories")
+    body = {"model": "mathagent", "messages": [{"role": "user", "content": "What is 9 - 4?"}]}
+    with tiny_app.client() as c:
+        h = {"Idempotency-Key": f"chat-{time.time_ns()}"}
+        first = c.post("/v1/chat/completions", json=body, headers=h)
+        again = c.post("/v1/chat/completions", json=body, headers=h)
+    assert first.status_code == again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.headers["x-trajectory-id"] == first.json()["trajectory_id"]
+    assert redis_client.xlen("mathagent:trajectories") == before + 1
