@@ -211,19 +211,25 @@ def experiment(
     model: str = typer.Option("smollm2", help="model spec: smollm2, a checkpoint directory or a hub id"),
     levels: str = typer.Option("1-5", help="tasks: difficulty levels, e.g. 1-3 or 1,2,5"),
     data_dir: Path | None = typer.Option(None, help="folder with gsm8k/ and math/ JSONL"),
-    train_limit: int = typer.Option(32, help="training problems"),
-    eval_limit: int = typer.Option(32, help="held-out problems every row is measured on"),
-    samples: int = typer.Option(4, help="rollouts per training problem (N)"),
-    maj_k: int = typer.Option(4, help="samples of the zero-shot maj@k row"),
+    scale: str = typer.Option("auto", help="defaults for the sizes and budget: cpu, gpu, or auto (gpu when CUDA is "
+                              "available); an option given explicitly wins"),
+    train_limit: int | None = typer.Option(None, help="training problems [cpu 32, gpu 256]"),
+    eval_limit: int | None = typer.Option(None, help="held-out problems every row is measured on [cpu 50, gpu 250]"),
+    samples: int | None = typer.Option(None, help="rollouts per training problem (N) [cpu 4, gpu 8]"),
+    maj_k: int | None = typer.Option(None, help="samples of the zero-shot maj@k row [cpu 4, gpu 8]"),
     temperature: float = typer.Option(0.8, help="rollout and maj@k temperature"),
-    pairs_k: int = typer.Option(4, help="IRPO pairs per problem (K)"),
+    pairs_k: int = typer.Option(2, help="IRPO pairs per problem (K)"),
+    max_turns: int = typer.Option(3, help="tool calls per episode in every row"),
+    max_new_tokens: int = typer.Option(256, help="tokens per model turn"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="preference rows start from the SFT-on-gold model"),
     warmup_lr: float = typer.Option(1e-5, help="learning rate of the warm-up SFT"),
     lr: float = typer.Option(1e-6, help="learning rate of the preference rows"),
     max_steps: int | None = typer.Option(None, help="optimizer steps at most per training"),
     batch_size: int = typer.Option(4, help="pairs per optimizer step"),
     max_length: int = typer.Option(1024, help="tokens per training sequence at most"),
-    budget_minutes: float | None = typer.Option(None, help="wall-time bound: rows that do not fit are skipped"),
+    budget_minutes: float | None = typer.Option(None, help="wall-time bound: rows that do not fit are skipped "
+                                                "[cpu 110, gpu 110]; inf = no bound"),
+    rows: str | None = typer.Option(None, help="run only these rows (comma-separated names, e.g. zero_shot,sft_gold)"),
     run_dir: Path | None = typer.Option(None, help="run directory; the same one resumes (finished rows are kept)"),
     seed: int = typer.Option(0, help="data and sampling seed"),
 ) -> None:
@@ -231,9 +237,11 @@ def experiment(
     from trainer.experiment_cli import run_experiment_cli
 
     raise typer.Exit(run_experiment_cli(
-        family=family, run_dir=run_dir, budget_minutes=budget_minutes, levels=levels, dataset=dataset, model=model,
+        family=family, run_dir=run_dir, budget_minutes=budget_minutes, levels=levels, scale=scale, rows=rows,
+        dataset=dataset, model=model,
         data_dir=data_dir, train_limit=train_limit, eval_limit=eval_limit, samples=samples, maj_k=maj_k,
-        temperature=temperature, pairs_k=pairs_k, warmup=warmup, warmup_lr=warmup_lr, lr=lr, max_steps=max_steps,
+        temperature=temperature, pairs_k=pairs_k, max_turns=max_turns, max_new_tokens=max_new_tokens, warmup=warmup,
+        warmup_lr=warmup_lr, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, seed=seed,
     ))
 

@@ -1,11 +1,13 @@
 """``mathagent experiment irpo|mdpo``: the comparison of the IRPO and M-DPO papers, run on one
 data set and model, every row through the real agent loop, sandbox, trainer and registry.
 
-Rows (docs/algorithms.md): zero-shot greedy and maj@k; SFT on gold tool trajectories (the
-warm-up the preference rows start from, reported as its own row); then per family the
-preference rows. Implemented in this increment: IRPO's plain DPO and DPO+NLL iteration 1,
-M-DPO and M-KTO iteration 1 (at iteration 1 a fixed and a previous-iteration reference are the
-same model). The other rows are listed as ``not_implemented``, never faked.
+Rows (docs/algorithms.md, :data:`ROWS`): zero-shot greedy and maj@k; SFT on gold tool
+trajectories (the warm-up the other rows start from, reported as its own row); STaR / RAFT (SFT
+on the warm model's own correct samples); per family the preference rows: IRPO's DPO and DPO+NLL
+iteration 1, DPO+NLL iterations 2 and 3 (each starts from, and uses as reference, the previous
+iteration's model, sampling fresh rollouts from it), M-DPO and M-KTO iteration 1, M-DPO
+iteration 2 with the reference fixed at the warm-up model vs set to iteration 1's model, and
+ScPO (pairs from the majority vote of the samples, gold labels dropped, weighted DPO+NLL).
 
 Each row calls what the iteration driver (:mod:`trainer.iterate`) calls: the data split
 (:func:`trainer.collect.dataset_split`, or the graded task family :mod:`agent.tasks`),
@@ -54,9 +56,10 @@ from trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 Family = Literal["irpo", "mdpo"]
-RowKind = Literal["zero_shot", "sft_gold", "preference", "todo"]
+RowKind = Literal["zero_shot", "sft_gold", "sft_correct", "preference"]
 DATASETS = ("tasks", "synthetic", "gsm8k", "math")
 KEEP_AFTER_PUBLISH = {"curves.jsonl", "train_result.json"}
+WARMUP = "warmup"  # RowSpec.start / ref: the warm-up row's model (the base model with --no-warmup)
 
 
 class ExperimentConfig(BaseModel):
@@ -74,7 +77,9 @@ class ExperimentConfig(BaseModel):
     samples: int = Field(4, ge=2, description="rollouts per training prompt (IRPO's N)")
     maj_k: int = Field(4, ge=2, description="samples of the zero-shot maj@k row")
     temperature: float = Field(0.8, ge=0, description="rollout and maj@k temperature")
-    pairs_k: int = Field(4, ge=1, description="IRPO pairs per problem (K)")
+    pairs_k: int = Field(2, ge=1, description="IRPO pairs per problem (K)")
+    max_turns: int = Field(3, ge=1, description="tool calls per episode (every row: rollouts and evaluation)")
+    max_new_tokens: int = Field(256, ge=16, description="tokens per model turn")
     warmup: bool = Field(True, description="preference rows start from the SFT-on-gold row's model")
     warmup_lr: float = Field(1e-5, gt=0)
     lr: float = Field(1e-6, gt=0)
@@ -94,34 +99,49 @@ class ExperimentError(ValueError):
 
 @dataclass(frozen=True)
 class RowSpec:
+    """One row of a comparison table.
+
+    ``start`` is the model the row begins from: ``WARMUP`` (the SFT-on-gold row's model, or the
+    base model with ``--no-warmup``) or the name of an earlier row whose trained model it
+    continues (iteration 2 starts from iteration 1). ``ref`` is the DPO reference: ``None`` means
+    the starting policy (IRPO and M-DPO's previous-iteration reference), otherwise ``WARMUP`` or a
+    row name for a reference fixed at that model.
+    """
+
     name: str
     label: str
     kind: RowKind
     loss: str | None = None
-    scheme: Literal["irpo", "mdpo"] | None = None
+    scheme: Literal["irpo", "mdpo", "scpo"] | None = None
+    start: str = WARMUP
+    ref: str | None = None
+    iteration: int = 1
 
 
-_TODO = "not implemented yet"
 ROWS: dict[Family, list[RowSpec]] = {
     "irpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
         RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
-        RowSpec("star", "STaR (SFT on correct samples)", "todo"),
+        RowSpec("star", "STaR (SFT on correct samples)", "sft_correct", loss="sft", scheme="irpo"),
         RowSpec("dpo_1", "DPO it.1", "preference", loss="dpo", scheme="irpo"),
         RowSpec("dpo_nll_1", "DPO+NLL (IRPO) it.1", "preference", loss="dpo+nll", scheme="irpo"),
-        RowSpec("dpo_nll_2", "DPO+NLL (IRPO) it.2", "todo"),
-        RowSpec("dpo_nll_3", "DPO+NLL (IRPO) it.3", "todo"),
-        RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "todo"),
+        RowSpec("dpo_nll_2", "DPO+NLL (IRPO) it.2", "preference", loss="dpo+nll", scheme="irpo", start="dpo_nll_1",
+                iteration=2),
+        RowSpec("dpo_nll_3", "DPO+NLL (IRPO) it.3", "preference", loss="dpo+nll", scheme="irpo", start="dpo_nll_2",
+                iteration=3),
+        RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "preference", loss="dpo+nll", scheme="scpo"),
     ],
     "mdpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
         RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
-        RowSpec("raft", "RAFT (SFT on correct samples)", "todo"),
+        RowSpec("raft", "RAFT (SFT on correct samples)", "sft_correct", loss="sft", scheme="mdpo"),
         RowSpec("mdpo_1", "M-DPO it.1", "preference", loss="dpo", scheme="mdpo"),
         RowSpec("mkto_1", "M-KTO it.1", "preference", loss="kto", scheme="mdpo"),
-        RowSpec("mdpo_2_fixed", "M-DPO it.2, fixed reference", "todo"),
-        RowSpec("mdpo_2_prev", "M-DPO it.2, previous-iteration reference", "todo"),
-        RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "todo"),
+        RowSpec("mdpo_2_fixed", "M-DPO it.2, fixed reference", "preference", loss="dpo", scheme="mdpo",
+                start="mdpo_1", ref=WARMUP, iteration=2),
+        RowSpec("mdpo_2_prev", "M-DPO it.2, previous-iteration reference", "preference", loss="dpo", scheme="mdpo",
+                start="mdpo_1", iteration=2),
+        RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "preference", loss="dpo+nll", scheme="scpo"),
     ],
 }
 
@@ -161,9 +181,15 @@ class Experiment:
     """One experiment run directory; :meth:`run` does (or resumes) every row that fits the budget."""
 
     def __init__(self, config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *,
-                 budget_s: float | None = None, progress: ProgressFn = _no_progress) -> None:
+                 budget_s: float | None = None, rows: list[str] | None = None,
+                 progress: ProgressFn = _no_progress) -> None:
         from trainer.registry import Registry
 
+        names = [spec.name for spec in ROWS[config.family]]
+        unknown = [r for r in rows or [] if r not in names]
+        if unknown:
+            raise ExperimentError(f"unknown row {', '.join(unknown)}; the {config.family} rows are {', '.join(names)}")
+        self.only = set(rows) if rows else None
         self.config = config
         self.dir = Path(run_dir)
         self.settings = settings
@@ -217,7 +243,9 @@ class Experiment:
     def solver_settings(self) -> Any:
         from agent.runtime import solver_settings
 
-        return solver_settings(self.settings).model_copy(update={"sample_temperature": self.config.temperature})
+        return solver_settings(self.settings).model_copy(update={
+            "sample_temperature": self.config.temperature, "max_turns": self.config.max_turns,
+            "max_new_tokens": self.config.max_new_tokens})
 
     async def engine(self, path: Path, version: str) -> Any:
         from agent.engines.transformers_engine import TransformersEngine
@@ -236,23 +264,34 @@ class Experiment:
         t0 = time.monotonic()
         rows: list[RowResult] = []
         seconds_by_kind: dict[str, tuple[str, float]] = {}
+        rollouts_s = 0.0  # the last row's sampling time: a row that samples a new start model needs it again
+
+        def remember(spec: RowSpec, row: RowResult) -> None:
+            nonlocal rollouts_s
+            seconds_by_kind[spec.kind] = (spec.label, _reusable_estimate(row))
+            rollouts_s = max(rollouts_s, row.step_seconds.get("rollouts", 0.0))
+
         try:
             for spec in ROWS[self.config.family]:
                 done = self.finished(spec.name)
                 if done is not None:
                     rows.append(done)
-                    seconds_by_kind[spec.kind] = (spec.label, _reusable_estimate(done))
+                    remember(spec, done)
                     continue
                 head: dict[str, Any] = dict(name=spec.name, label=spec.label)
-                if spec.kind == "todo":
-                    rows.append(RowResult(**head, status="not_implemented", reason=_TODO))
+                if self.only is not None and spec.name not in self.only:
+                    rows.append(RowResult(**head, status="skipped", reason="not selected (--rows)"))
                     continue
-                if spec.kind == "preference" and self.config.warmup and self.finished("sft_gold") is None:
-                    rows.append(RowResult(**head, status="skipped", reason="starts from the warm-up row, not done"))
+                missing = self._missing_dependency(spec)
+                if missing is not None:
+                    rows.append(RowResult(**head, status="skipped", reason=missing))
                     continue
                 left = None if self.budget_s is None else self.budget_s - (time.monotonic() - t0)
                 if left is not None:
                     like = seconds_by_kind.get(spec.kind)
+                    if like is not None and spec.kind in ("sft_correct", "preference") and \
+                            not self.rollouts_path(spec).is_file():
+                        like = (like[0], like[1] + rollouts_s)
                     if left <= 0 or (like is not None and like[1] > left):
                         why = f"{max(left, 0):.0f}s of the budget left"
                         if like is not None:
@@ -278,7 +317,7 @@ class Experiment:
                 result.seconds = round(time.monotonic() - started, 1)
                 if result.status == "done":
                     write_json_durable(self.row_file(spec.name), result.model_dump_json(indent=2))
-                    seconds_by_kind[spec.kind] = (spec.label, _reusable_estimate(result))
+                    remember(spec, result)
                     self._cleanup(spec.name)
                 rows.append(result)
         finally:
@@ -288,11 +327,33 @@ class Experiment:
                            "[" + ",".join(r.model_dump_json() for r in rows) + "]")
         return rows
 
+    def _missing_dependency(self, spec: RowSpec) -> str | None:
+        """Why ``spec`` cannot run yet (a row it starts from or uses as reference is not done), or None."""
+        needs = [n for n in (spec.start if spec.kind in ("sft_correct", "preference") else None, spec.ref) if n]
+        for need in needs:
+            row = "sft_gold" if need == WARMUP else need
+            if (need != WARMUP or self.config.warmup) and self.finished(row) is None:
+                what = "the warm-up row" if need == WARMUP else f"row {need}"
+                return f"{'starts from' if need == spec.start else 'uses as reference'} {what}, not done"
+        return None
+
+    def model_of(self, name: str) -> tuple[Path, str, str | None]:
+        """The model a row names as start or reference: (weights, label, registry version or None for the base)."""
+        if name == WARMUP and not self.config.warmup:
+            path, base_version = self.base()
+            return path, f"base {base_version}", None
+        row = self.finished("sft_gold" if name == WARMUP else name)
+        if row is None or row.version is None:
+            raise ExperimentError(f"row {name} has no trained model")
+        return self.registry.path(row.version), row.version, row.version
+
     async def row(self, spec: RowSpec) -> RowResult:
         if spec.kind == "zero_shot":
             return await self.row_zero_shot(spec)
         if spec.kind == "sft_gold":
             return await self.row_sft_gold(spec)
+        if spec.kind == "sft_correct":
+            return await self.row_sft_correct(spec)
         return await self.row_preference(spec)
 
     # -- rows -----------------------------------------------------------------------------------
@@ -378,27 +439,25 @@ class Experiment:
                                                lr=self.config.warmup_lr, times=times)
         return trained.model_copy(update={"pairs": n_pairs})
 
-    async def row_preference(self, spec: RowSpec) -> RowResult:
+    def rollouts_path(self, spec: RowSpec) -> Path:
+        """The rollouts file of the row's start model and iteration (shared by rows that start alike)."""
+        start = self.model_of(spec.start)[1]
+        return self.dir / "shared" / f"rollouts-{start.replace(' ', '-')}-it{spec.iteration}.jsonl"
+
+    async def rollouts(self, spec: RowSpec, times: dict[str, float]) -> tuple[list[Any], dict[str, Any], Path, str, str | None]:
+        """Sample the training problems with the row's start model (shared by every row that starts
+        from the same model at the same iteration): the trajectories, the gold trajectories by
+        problem key, and the start model (weights, label, registry version)."""
         from agent.modelstore import load_tokenizer
         from agent.solver import Solver
         from trainer.collect import from_problem
-        from trainer.io import write_pairs
-        from trainer.pairs import irpo_pairs, mdpo_pairs, problem_key
+        from trainer.pairs import problem_key
         from trainer.rollouts import run_rollouts
 
         train, _ = self.split()
-        if self.config.warmup:
-            warm = self.finished("sft_gold")
-            assert warm is not None and warm.version is not None
-            start, parent = warm.version, warm.version
-            start_path = self.registry.path(start)
-        else:
-            start_path, base_version = self.base()
-            start, parent = f"base {base_version}", None
-        d = self.row_dir(spec.name)
-        times: dict[str, float] = {}
+        start_path, start, parent = self.model_of(spec.start)
         t0 = time.monotonic()
-        rollouts_path = self.dir / "shared" / f"rollouts-{start.replace(' ', '-')}.jsonl"
+        rollouts_path = self.rollouts_path(spec)
         sandbox = await self.sandbox()
         engine = await self.engine(start_path, start.split()[-1])
         try:
@@ -411,15 +470,63 @@ class Experiment:
             records = await run_rollouts(
                 solver, [from_problem(p) for p in train], rollouts_path, samples=self.config.samples,
                 temperature=self.config.temperature, concurrency=self.config.concurrency, seed=self.config.seed,
-                iteration=1, tokenizer=tokenizer, on_done=on_done,
+                iteration=spec.iteration, tokenizer=tokenizer, on_done=on_done,
             )
         finally:
             await engine.aclose()
         times["rollouts"] = round(time.monotonic() - t0, 1)
         trajs = [t for r in records.values() for t in r.trajectories]
+        gold = {problem_key(r.gold): r.gold for r in records.values() if r.gold is not None}
+        return trajs, gold, start_path, start, parent
+
+    async def row_sft_correct(self, spec: RowSpec) -> RowResult:
+        """STaR / RAFT: SFT on the start model's own correct samples (RAFT after M-DPO's filters)."""
+        from trainer.examples import example_from_trajectory
+        from trainer.io import write_pairs
+        from trainer.pairs import Pair, Scheme, mdpo_filter, problem_key
+
+        d = self.row_dir(spec.name)
+        times: dict[str, float] = {}
+        trajs, _, start_path, start, parent = await self.rollouts(spec, times)
+        counts = {"samples": len(trajs), "correct": sum(t.correct is True for t in trajs)}
+        pairs, seen = [], set()
+        for t in trajs:
+            if t.correct is not True:
+                continue
+            if spec.scheme == "mdpo" and (why := mdpo_filter(t, self.config.max_length)) is not None:
+                counts[f"dropped_{why}"] = counts.get(f"dropped_{why}", 0) + 1
+                continue
+            if (key := (problem_key(t), tuple(t.token_ids()))) in seen:
+                counts["dropped_duplicate"] = counts.get("dropped_duplicate", 0) + 1
+                continue
+            seen.add(key)
+            ex = example_from_trajectory(t)
+            # the sft loss reads the chosen sequence only (trainer/items.py); rejected is a placeholder
+            pairs.append(Pair(problem_key=key[0], problem=t.problem, mode=t.mode, scheme=Scheme.irpo, chosen=ex,
+                              rejected=ex))
+        counts["kept"] = len(pairs)
+        head: dict[str, Any] = dict(name=spec.name, label=spec.label, start=start, loss=spec.loss, pairs=len(pairs),
+                                    pair_counts=counts)
+        if not pairs:
+            return RowResult(**head, status="skipped", reason=f"no correct sample to train on ({counts})")
+        write_pairs(pairs, d / "pairs.jsonl")
+        trained = await self.train_and_publish(spec, d, start_path=start_path, start=start, parent=parent,
+                                               n_pairs=len(pairs), lr=self.config.warmup_lr, times=times)
+        return trained.model_copy(update={"pairs": len(pairs), "pair_counts": counts})
+
+    async def row_preference(self, spec: RowSpec) -> RowResult:
+        from trainer.io import write_pairs
+        from trainer.pairs import irpo_pairs, mdpo_pairs, scpo_pairs
+
+        d = self.row_dir(spec.name)
+        times: dict[str, float] = {}
+        trajs, gold, start_path, start, parent = await self.rollouts(spec, times)
         if spec.scheme == "irpo":
-            gold = {problem_key(r.gold): r.gold for r in records.values() if r.gold is not None}
             pair_set = irpo_pairs(trajs, k=self.config.pairs_k, gold=gold, max_length=self.config.max_length)
+        elif spec.scheme == "scpo":
+            # ScPO sees no gold labels: the grades are dropped, pairs come from the majority vote
+            unlabelled = [t.model_copy(update={"correct": None, "gold": None}) for t in trajs]
+            pair_set = scpo_pairs(unlabelled, max_length=self.config.max_length)
         else:
             pair_set = mdpo_pairs(trajs, max_length=self.config.max_length, seed=self.config.seed)
         head: dict[str, Any] = dict(name=spec.name, label=spec.label, start=start, loss=spec.loss,
@@ -442,8 +549,9 @@ class Experiment:
         assert spec.loss is not None
         c = self.config
         out = d / "train"
+        ref = None if spec.ref is None else str(self.model_of(spec.ref)[0])
         config = TrainConfig(
-            pairs=d / "pairs.jsonl", out=out, model=str(start_path), state_dir=self.settings.state_dir, loss=spec.loss,
+            pairs=d / "pairs.jsonl", out=out, model=str(start_path), ref_model=ref, state_dir=self.settings.state_dir, loss=spec.loss,
             beta=c.beta, alpha=c.alpha, lr=lr, epochs=c.epochs, max_steps=c.max_steps,
             per_device_batch_size=max(1, min(c.batch_size, n_pairs)), save_steps=10, max_length=c.max_length,
             seed=c.seed, resume=True, progress=False,
@@ -466,7 +574,8 @@ class Experiment:
             manifest = await asyncio.to_thread(
                 self.registry.publish, src, base_model=c.model, parent=parent, kind="full",
                 training_config={"experiment": str(self.dir.name), "row": spec.name, "start": start,
-                                 "train": config.model_dump(mode="json"), "lineage_iteration": 1},
+                                 "train": config.model_dump(mode="json"), "lineage_iteration": spec.iteration,
+                                 "reference": "start" if spec.ref is None else self.model_of(spec.ref)[1]},
             )
             version = manifest.version
             shutil.rmtree(src, ignore_errors=True)
@@ -527,9 +636,11 @@ class Experiment:
 
 
 async def run_experiment(config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *,
-                         budget_s: float | None = None, progress: ProgressFn = _no_progress) -> list[RowResult]:
-    """Run (or resume) the experiment in ``run_dir``; returns every row (done, skipped, not implemented)."""
-    return await Experiment(config, run_dir, settings, budget_s=budget_s, progress=progress).run()
+                         budget_s: float | None = None, rows: list[str] | None = None,
+                         progress: ProgressFn = _no_progress) -> list[RowResult]:
+    """Run (or resume) the experiment in ``run_dir``; returns every row (done, skipped or failed).
+    ``rows`` limits the run to those rows (the others are reported as not selected)."""
+    return await Experiment(config, run_dir, settings, budget_s=budget_s, rows=rows, progress=progress).run()
 
 
 __all__ = ["ROWS", "Accuracy", "Experiment", "ExperimentConfig", "ExperimentError", "RowResult", "run_experiment"]

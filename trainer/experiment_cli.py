@@ -8,6 +8,7 @@ directory) end with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,27 @@ def _fail(message: str) -> int:
     return 2
 
 
-def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: float | None, levels: str,
-                       **fields: Any) -> int:
+SCALES: dict[str, dict[str, float]] = {
+    # cpu: the embedded model on 2 cores; every row of one family fits the budget (measured, see README)
+    "cpu": {"train_limit": 32, "eval_limit": 50, "samples": 4, "maj_k": 4, "budget_minutes": 110},
+    # gpu: more problems and samples for tighter intervals
+    "gpu": {"train_limit": 256, "eval_limit": 250, "samples": 8, "maj_k": 8, "budget_minutes": 110},
+}
+
+
+def resolve_scale(scale: str) -> dict[str, float]:
+    """The defaults of ``--scale`` (auto: gpu when CUDA is available)."""
+    if scale == "auto":
+        import torch
+
+        scale = "gpu" if torch.cuda.is_available() else "cpu"
+    if scale not in SCALES:
+        raise ValueError(f"--scale must be auto, cpu or gpu, not {scale!r}")
+    return SCALES[scale]
+
+
+def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: float | None, levels: str, scale: str,
+                       rows: str | None, **fields: Any) -> int:
     from agent.datasets import DatasetError
     from agent.modelstore import ModelSpecError
     from agent.tasks import parse_levels
@@ -37,17 +57,30 @@ def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: flo
 
     settings = load(TrainerSettings)
     try:
+        defaults = resolve_scale(scale)
+    except ValueError as exc:
+        return _fail(str(exc))
+    for key, value in defaults.items():
+        if key != "budget_minutes" and fields.get(key) is None:
+            fields[key] = int(value)
+    if budget_minutes is None:
+        budget_minutes = defaults["budget_minutes"]
+    try:
         config = ExperimentConfig(family=family, levels=parse_levels(levels), **fields)  # type: ignore[arg-type]
     except ValidationError as exc:
         return _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                for e in exc.errors()))
     except DatasetError as exc:
         return _fail(str(exc))
-    if budget_minutes is not None and budget_minutes < 0:
+    if budget_minutes < 0:
         return _fail("--budget-minutes must be >= 0")
+    budget_s = None if math.isinf(budget_minutes) else budget_minutes * 60
     run_dir = run_dir or settings.state_dir / "experiments" / f"{family}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(stderr=True)
     console.print(f"[dim]run directory {run_dir} (the same command with --run-dir {run_dir} resumes it)[/]")
+    console.print(f"[dim]{config.dataset}: {config.train_limit} training / {config.eval_limit} held-out problems, "
+                  f"{config.samples} samples each, maj@{config.maj_k}; budget "
+                  f"{'none' if budget_s is None else f'{budget_minutes:g} min'}[/]")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("starting", total=None)
@@ -56,14 +89,13 @@ def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: flo
             bar.update(task, description=what[:70], completed=done, total=total or None)
 
         try:
-            rows = asyncio.run(run_experiment(config, run_dir, settings,
-                                              budget_s=None if budget_minutes is None else budget_minutes * 60,
-                                              progress=show))
+            results = asyncio.run(run_experiment(config, run_dir, settings, budget_s=budget_s, progress=show,
+                                                 rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None))
         except (ExperimentError, DatasetError, ModelSpecError, RegistryError) as exc:
             return _fail(str(exc).splitlines()[0])
     title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}; "
              "accuracy % with 95% bootstrap CI")
-    Console(width=200).print(table(rows, title=title))
+    Console(width=200).print(table(results, title=title))
     plots = sorted((run_dir / "plots").glob("*.png"))
     if plots:
         Console().print("log-prob curves: " + ", ".join(str(p) for p in plots))

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from rich.table import Table
 
-RowStatus = Literal["done", "skipped", "not_implemented", "failed"]
+RowStatus = Literal["done", "skipped", "failed"]
 
 
 class Accuracy(BaseModel):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from agent.trajectory import Mode, Segment, SegmentKind, Source, Trajectory
+from agent.trajectory import FinishReason, Mode, SandboxCall, Segment, SegmentKind, Source, Trajectory
+from sandbox.result import ExecResult, ExecStatus
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -87,5 +88,9 @@ def gold_trajectory(
         segments=segments,
         answer=gold,
         correct=True,
+        finish_reason=FinishReason.answer,
+        # the gold code did run (in the sandbox, by the caller): record it like an agent's call
+        calls=[] if code is None else [SandboxCall(turn=1, code=code.strip(),
+                                                   result=ExecResult(status=ExecStatus.ok, stdout=code_output or ""))],
         source=Source.gold,
     )
