@@ -3,7 +3,9 @@
 The same greedy episodes (synthetic word problems, tool-integrated, real sandbox) run twice on
 one engine: all at once (the engine batches their generation) and one at a time. It prints
 episodes per minute and generated (model) tokens per second for both, and their ratio. The
-goal on the 2-core machine: concurrent >= 3x sequential.
+goal on the 2-core machine: concurrent >= 3x sequential. The in-process engine's prompt-prefix
+store is cleared before each leg, so the sequential leg does not start from the concurrent leg's
+prompts (the same problems).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
     from agent.configuration import load
     from agent.datasets import synthetic_problems
     from agent.engines.base import GenerationRequest
+    from agent.engines.transformers_engine import TransformersEngine
     from agent.runtime import build_engine, open_sandbox
     from agent.settings import AgentSettings
     from agent.solver import Solver, SolverSettings
@@ -60,7 +63,17 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
             solver = Solver(engine, sandbox, None, cfg)
             await engine.generate(GenerationRequest(prompt_ids=engine.encode("warm up"), max_new_tokens=4))
 
+            local = engine if isinstance(engine, TransformersEngine) else None
+
+            def prefix_counts() -> tuple[int, int, int]:
+                if local is None:
+                    return 0, 0, 0
+                return local.stats.prefix_hits, local.stats.prefix_reused_tokens, local.stats.prefill_tokens
+
             async def leg(name: str, concurrent: bool) -> tuple[LegResult, list[Trajectory]]:
+                if local is not None:
+                    local.clear_prefix_cache()
+                before = prefix_counts()
                 t0 = time.perf_counter()
                 with console.status(f"{name}: {episodes} episodes..."):
                     if concurrent:
@@ -72,7 +85,9 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
                 trajs = [r.trajectories[0] for r in results]
                 res = LegResult(name=name, episodes=len(trajs), seconds=dt, model_tokens=_model_tokens(trajs),
                                 tool_calls=sum(t.n_tool_calls for t in trajs))
-                console.print(f"[dim]{name}: {dt:.1f}s, {res.model_tokens} model tokens[/]")
+                hits, reused, prefilled = (a - b for a, b in zip(prefix_counts(), before, strict=True))
+                note = "" if local is None else f"; prompt tokens prefilled {prefilled}, reused {reused} ({hits} prefix hits)"
+                console.print(f"[dim]{name}: {dt:.1f}s, {res.model_tokens} model tokens{note}[/]")
                 return res, trajs
 
             conc, conc_trajs = await leg(f"{episodes} concurrent", True)

@@ -29,7 +29,7 @@ def _fail(message: str) -> int:
 
 SCALES: dict[str, dict[str, float]] = {
     # cpu: the embedded model on 2 cores; every row of one family fits the budget (measured, see README)
-    "cpu": {"train_limit": 32, "eval_limit": 50, "samples": 4, "maj_k": 4, "budget_minutes": 110},
+    "cpu": {"train_limit": 32, "eval_limit": 40, "samples": 4, "maj_k": 4, "budget_minutes": 110},
     # gpu: more problems and samples for tighter intervals
     "gpu": {"train_limit": 256, "eval_limit": 250, "samples": 8, "maj_k": 8, "budget_minutes": 110},
 }
@@ -85,8 +85,18 @@ def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: flo
                   console=console) as bar:
         task = bar.add_task("starting", total=None)
 
+        last: dict[str, Any] = {"what": None, "tenth": -1}
+
         def show(what: str, done: int, total: int) -> None:
             bar.update(task, description=what[:70], completed=done, total=total or None)
+            if console.is_terminal:
+                return
+            # a log file gets plain lines instead of the live bar: a new step, then every tenth of it
+            tenth = 10 * done // total if total else done // 10
+            key = what.rsplit(" loss", 1)[0]  # a training step's description carries its loss
+            if key != last["what"] or tenth != last["tenth"]:
+                last.update(what=key, tenth=tenth)
+                print(f"{time.strftime('%H:%M:%S')} {what} {done}/{total or '?'}", file=sys.stderr, flush=True)
 
         try:
             results = asyncio.run(run_experiment(config, run_dir, settings, budget_s=budget_s, progress=show,

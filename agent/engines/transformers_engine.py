@@ -5,6 +5,9 @@ dynamically by one background worker thread, so torch never blocks the event loo
 
 - a new request is prefilled on its own (the ``n`` samples share that prefill) and then joins the
   running decode batch at the next step; finished or cancelled rows leave it at once;
+- a prefill starts from the stored keys/values of the longest earlier prompt prefix it shares
+  (:mod:`agent.engines.prefix_cache`: the next turn of an episode, the common opening of the agent
+  prompt), with bit-identical results, so only the new part of a prompt costs time;
 - the decode step runs the linear layers batched and attention per row over that row's own KV
   buffers (:mod:`agent.engines.kvrows`), in chunk sizes verified to be bit-exact, so a greedy
   request gives the same tokens alone or in any batch, and a seeded sample the same draws
@@ -42,7 +45,8 @@ from agent.engines.base import (
     GenerationRequest,
 )
 from agent.engines.detok import IncrementalText
-from agent.engines.kvrows import decode_step, invariant_chunk_size, prefill, prepare_model
+from agent.engines.kvrows import PREFILL_CHUNK, decode_step, invariant_chunk_size, prefill, prepare_model
+from agent.engines.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixStore
 from agent.engines.sampling import row_generator, sample_token
 from agent.engines.tokens import TokenizerOps
 
@@ -61,6 +65,7 @@ class _Version:
     eos_ids: frozenset[int]
     max_positions: int
     num_layers: int
+    removed: bool = False  # set by remove_version: its prompts no longer enter the prefix store
     _chunk: dict[int, int] = field(default_factory=dict)  # torch thread count -> invariant chunk size
 
     def chunk_size(self, limit: int) -> int:
@@ -102,6 +107,9 @@ class EngineStats:
     forward_passes: int = 0
     tokens_generated: int = 0
     max_rows_in_step: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (the reused ones not counted)
+    prefix_hits: int = 0  # prefills that started from a stored prefix
+    prefix_reused_tokens: int = 0  # prompt tokens taken from the store instead
 
 
 class TransformersEngine(TokenizerOps):
@@ -115,15 +123,18 @@ class TransformersEngine(TokenizerOps):
         *,
         max_batch: int = 16,
         threads: int | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         """``threads``: if given, ``torch.set_num_threads(threads)`` (process-wide). On the 2-core
         machines of this project 1 intra-op thread per generating process measured best for
-        batch-1 decoding (see docs/models.md); ``mathagent bench engine`` compares."""
+        batch-1 decoding (see docs/models.md); ``mathagent bench engine`` compares.
+        ``prefix_cache_bytes``: bound of the stored prompt prefixes (0 turns reuse off)."""
         if threads is not None:
             torch.set_num_threads(threads)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.stats = EngineStats()
+        self.prefix_cache = PrefixStore(prefix_cache_bytes)
         self._versions: dict[str, _Version] = {}
         self._active = version
         self.add_version(version, model)
@@ -189,8 +200,15 @@ class TransformersEngine(TokenizerOps):
         """Forget ``version``; requests already running on it finish on it (their rows hold the model)."""
         if version == self._active:
             raise EngineRequestError(f"model version {version!r} is active: activate another one first")
-        if self._versions.pop(version, None) is None:
+        entry = self._versions.pop(version, None)
+        if entry is None:
             raise EngineRequestError(f"unknown model version {version!r}")
+        entry.removed = True  # before the drop: a prefill finishing now stores nothing (checked under the store's lock)
+        self.prefix_cache.drop(entry)
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every stored prompt prefix (benchmarks: start each leg cold)."""
+        self.prefix_cache.clear()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -339,8 +357,16 @@ class TransformersEngine(TokenizerOps):
             self._deliver(row, lambda: on_delta(delta))
 
     def _prefill(self, job: _Job) -> None:
-        cache, logits = prefill(job.rows[0].version.model, job.rows[0].request.prompt_ids)
-        self.stats.forward_passes += 1
+        version, prompt = job.rows[0].version, job.rows[0].request.prompt_ids
+        prefix = self.prefix_cache.lookup(version, prompt)
+        cache, logits = prefill(version.model, prompt, prefix)
+        reused = 0 if prefix is None else prefix.length
+        self.stats.forward_passes += -(-(len(prompt) - reused) // PREFILL_CHUNK)
+        self.stats.prefill_tokens += len(prompt) - reused
+        if prefix is not None:
+            self.stats.prefix_hits += 1
+            self.stats.prefix_reused_tokens += reused
+        self.prefix_cache.insert(version, prompt, cache, alive=lambda: not version.removed)
         for k, row in enumerate(job.rows):
             row.cache = cache if k == 0 else cache.clone()
         for row in job.rows:
