@@ -45,6 +45,7 @@ says so in ``/healthz`` and ``python -m sandbox doctor``; strict mode (default u
 refuses to start without the full set.
 
 Layout: ``supervisor`` (pool, sessions, limits), ``zygote`` (forks workers), ``isolation`` (the
-confinement steps), ``harness`` (runs cells inside a worker), ``service``/``client`` (HTTP),
-``testing.running_sandbox`` (a real service for tests), ``bench`` (``mathagent bench sandbox``).
+confinement steps), ``prefault`` (a fresh worker's page faults paid before it joins the pool),
+``harness`` (runs cells inside a worker), ``service``/``client`` (HTTP), ``testing.running_sandbox``
+(a real service for tests), ``bench`` (``mathagent bench sandbox``).
 """

@@ -50,7 +50,6 @@ def _serve(args: argparse.Namespace) -> int:
 async def _exec(args: argparse.Namespace) -> int:
     from sandbox.client import SandboxClient, SandboxUnreachable
     from sandbox.settings import SandboxSettings
-    from sandbox.supervisor import SandboxUnavailable, Supervisor
 
     if args.file == "-":
         code = sys.stdin.read()
@@ -61,12 +60,17 @@ async def _exec(args: argparse.Namespace) -> int:
     client = SandboxClient(settings.resolved_url)
     try:
         await client.health()
-        result = await client.execute(code, session_id=args.session, timeout_s=args.timeout)
+        result = await client.execute(code, session_id=args.session, timeout_s=args.timeout,
+                                      memory_mb=args.memory_mb)
     except SandboxUnreachable:
-        # No service: run one ephemeral supervisor just for this snippet.
+        # No service: run one ephemeral supervisor just for this snippet (imported only here: a call
+        # against a running service does not need it).
+        from sandbox.supervisor import SandboxUnavailable, Supervisor
+
         try:
             async with Supervisor(settings.model_copy(update={"pool_size": 1, "max_sessions": 1})) as sup:
-                result = await sup.execute(code, session_id=args.session, timeout_s=args.timeout)
+                result = await sup.execute(code, session_id=args.session, timeout_s=args.timeout,
+                                           memory_mb=args.memory_mb)
         except SandboxUnavailable as e:
             print(json.dumps({"status": "sandbox_error", "detail": str(e)}))
             return 2
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--port", type=int, help="loopback TCP port (127.0.0.1 only)")
     e = sub.add_parser("exec", help="run one snippet and print one JSON ExecResult")
     e.add_argument("--session", default=None)
-    e.add_argument("--timeout", type=float, default=None)
+    e.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
+    e.add_argument("--memory-mb", type=int, default=None, help="memory limit in MiB")
     e.add_argument("file", help="a file with Python code, or - for stdin")
     d = sub.add_parser("doctor", help="print which protections this host supports")
     d.add_argument("--quiet", action="store_true",

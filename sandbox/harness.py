@@ -87,11 +87,11 @@ def _report(exc: BaseException) -> None:
         pass
 
 
-# Typical first steps of a math cell. A fresh worker shares the zygote's memory copy-on-write, so the
-# first cell that touches sympy pays ~900 page faults (3-5 ms); running these lines while the worker
-# waits in the pool moves that cost off the latency path. Results are discarded, nothing is printed,
-# and sympy's result cache is cleared afterwards, so no answer is precomputed for user code (the
-# expressions also differ from the benchmark's snippet on purpose): only page faults are paid early.
+# Typical first steps of a math cell, used to learn which pages a cell touches (see ``prefault``) and,
+# where that is unavailable, run in each worker while it waits in the pool: either way a fresh worker's
+# copy-on-write faults are paid off the latency path. Results are discarded, nothing is printed, and
+# sympy's result cache is cleared afterwards (``prewarm``), so no answer is precomputed for user code;
+# the expressions also differ from the benchmark's snippet on purpose.
 PREWARM = """
 import math, fractions
 import sympy as sp
@@ -99,17 +99,25 @@ a, b = sp.symbols("a b")
 str(sp.solve(3*a**2 + 5*a - 7, a))
 str(sp.Rational(2, 7) + sp.sqrt(3))
 str(sp.expand((a - b) ** 3))
-sp.core.cache.clear_cache()
 """
 
 
-def prewarm() -> None:
-    """Run ``PREWARM`` in a throwaway namespace (before any user code; failures are ignored)."""
+def clear_sympy_cache() -> None:
+    """Empty sympy's result cache (when sympy is loaded): a worker must start with nothing computed."""
+    sympy = sys.modules.get("sympy")
+    if sympy is not None:
+        sympy.core.cache.clear_cache()
+
+
+def prewarm(code: str = PREWARM) -> None:
+    """Run ``code`` in a throwaway namespace (before any user code; failures are ignored), then clear
+    sympy's cache. The whole snippet runs as statements: a trailing expression is not a cell's result."""
     try:
-        body, _ = _compile_cell(PREWARM, "<prewarm>")
-        exec(body, {"__name__": "__prewarm__", "__builtins__": builtins})
+        exec(compile(code, "<prewarm>", "exec"), {"__name__": "__prewarm__", "__builtins__": builtins})
     except Exception:
         pass
+    finally:
+        clear_sympy_cache()
 
 
 def _flush() -> None:

@@ -38,8 +38,9 @@ class SandboxSettings(BaseSettings):
     output_cap: int = Field(64 * 1024, ge=256, description="bytes kept per stream")
     output_kill_factor: int = Field(16, ge=1, description="kill a worker that prints this many caps")
     max_code_bytes: int = Field(1 << 20, ge=1024)
-    prewarm: bool = Field(True, description="run a few typical sympy lines in each worker before it joins the "
-                          "pool, paying its copy-on-write faults off the latency path")
+    prewarm: bool = Field(True, description="pay each worker's copy-on-write faults for typical sympy lines "
+                          "before it joins the pool, off the latency path (pages learned once, see "
+                          "sandbox.prefault); nothing is computed or cached for user code")
     uid_base: int | None = Field(None, ge=1000, description="first slot uid; default: random per instance")
 
     @model_validator(mode="after")

@@ -81,8 +81,11 @@ class Session:
 def _sched_ns(pid: int) -> int:
     """On-CPU plus run-queue-wait nanoseconds of ``pid``'s main thread (0 when unreadable)."""
     try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
-            run, delay = f.read().split()[:2]
+        fd = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            run, delay = os.read(fd, 256).split()[:2]
+        finally:
+            os.close(fd)
         return int(run) + int(delay)
     except (OSError, ValueError):
         return 0
@@ -306,7 +309,6 @@ class Supervisor:
                 if not cg.sweep():
                     break
                 await asyncio.sleep(0.01)
-            cg.reset_counters()
         self._busy.pop(w.slot, None)
         if not session_slot:
             await self._refill(w.slot)
@@ -340,10 +342,13 @@ class Supervisor:
 
     async def _take_ready(self) -> Worker:
         while True:
-            try:
-                w = await asyncio.wait_for(self._ready.get(), 60)
-            except TimeoutError as e:
-                raise SandboxFailure("no worker became ready within 60 s") from e
+            if not self._ready.empty():  # the usual case: no task and no timer on the latency path
+                w = self._ready.get_nowait()
+            else:
+                try:
+                    w = await asyncio.wait_for(self._ready.get(), 60)
+                except TimeoutError as e:
+                    raise SandboxFailure("no worker became ready within 60 s") from e
             if w.exit.done():
                 self._busy[w.slot] = w
                 self._bg(self._recycle(w))
@@ -643,4 +648,5 @@ class Supervisor:
             "worker_pids": sorted(pids),
             "zygote_pid": self.zygote.proc.pid if self.zygote and self.zygote.proc else None,
             "output_cap": self.settings.output_cap,
+            "prefault_pages": int(a.get("prefault_pages", 0)),  # 0: workers run the slower prewarm (or none)
         }

@@ -1,5 +1,9 @@
 """The zygote: a warm interpreter (sympy, numpy, mpmath imported) that forks isolated workers.
 
+Before serving it freezes its objects out of the garbage collector's reach, backs its heap with huge
+pages and learns which pages a typical cell touches (``prefault``), so that forking, running and
+exiting a worker copy as little memory as possible.
+
 Started by the supervisor with an empty environment (no secret ever enters its memory), it enters an
 empty network namespace and a private mount namespace once, then serves spawn requests on a
 SOCK_SEQPACKET control socket (fd 3). For every worker it hands the supervisor, by SCM_RIGHTS, the
@@ -17,22 +21,44 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox.prefault import Plan
 
 CTL_FD = 3
+# The pages a typical cell touches, learned once by ``prefault.learn``; None when prefaulting is
+# unavailable (workers then run ``harness.prewarm`` instead).
+_PREFAULT: Plan | None = None
 
 
 def _warm() -> None:
+    """Import the math stack and run its first-call paths once, so every worker inherits them loaded.
+    The expressions differ from any benchmark's, and sympy's result cache is emptied afterwards: workers
+    inherit loaded code, never a computed result."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import mpmath  # noqa: F401
     import numpy  # noqa: F401
     import sympy as sp
 
-    x = sp.symbols("x")
-    sp.solve(x**2 - 4, x)
-    sp.simplify(sp.sin(x) ** 2 + sp.cos(x) ** 2)
-    sp.integrate(x**2, x)
-    str(sp.Rational(1, 3) + sp.sqrt(2))
+    from sandbox import harness
+
+    t = sp.symbols("t")
+    sp.solve(t**2 - 5 * t + 6, t)
+    sp.simplify(sp.sin(t) ** 2 + sp.cos(t) ** 2)
+    sp.integrate(t**3, t)
+    str(sp.Rational(2, 5) + sp.sqrt(7))
+    harness.clear_sympy_cache()
+
+
+def _learn_pages() -> int:
+    """Learn the pages workers should prefault (after ``gc.freeze``: workers start from this layout)."""
+    global _PREFAULT
+    from sandbox import harness, prefault
+
+    if prefault.supported():
+        _PREFAULT = prefault.Plan(prefault.learn(harness.prewarm))
+    return _PREFAULT.pages if _PREFAULT else 0
 
 
 def _child(cfg: dict[str, Any], slot: int, persistent: bool, cmd: socket.socket, out_w: int, err_w: int) -> None:
@@ -56,7 +82,10 @@ def _child(cfg: dict[str, Any], slot: int, persistent: bool, cmd: socket.socket,
 
         applied = isolation.isolate_worker(cfg, slot, persistent)
         if cfg.get("prewarm"):
-            harness.prewarm()
+            if _PREFAULT:
+                _PREFAULT.populate()
+            else:
+                harness.prewarm()
         cmd.sendall(protocol.encode({"op": "ready", "applied": applied}))
         code = 0
         harness.serve(cmd, persistent)
@@ -75,7 +104,7 @@ def _child(cfg: dict[str, Any], slot: int, persistent: bool, cmd: socket.socket,
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     ctl = socket.socket(fileno=int(cfg.get("ctl_fd", CTL_FD)))
-    from sandbox import isolation, linux
+    from sandbox import isolation, linux, prefault
 
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
@@ -100,6 +129,9 @@ def main() -> None:
         os._exit(1)
     gc.collect()
     gc.freeze()  # fewer copy-on-write faults in workers
+    zy_applied["huge_pages_mb"] = prefault.collapse_heap()
+    if cfg.get("prewarm"):
+        zy_applied["prefault_pages"] = _learn_pages()
 
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)

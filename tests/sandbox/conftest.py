@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest_asyncio
 from sandbox.client import SandboxClient
 from sandbox.testing import running_sandbox
 
-REPO = Path(__file__).resolve().parents[2]
+# the suite runs with --import-mode=importlib: make this folder's helper modules importable
+# (sandbox_hostile_cases)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def sandbox_uid_pids(uid_range: list[int]) -> set[int]:

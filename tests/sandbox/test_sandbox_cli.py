@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,6 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sandbox_hostile_cases import CASES, assert_contained, render
+
+from sandbox.result import ExecResult
+
+from .conftest import Host
 
 SNIPPETS = {
     "print(1+1)": "ok",
@@ -34,6 +40,33 @@ def _exec(code: str, env: dict[str, str], *args: str) -> dict:
 async def test_exec_against_running_service(code: str, sandbox) -> None:
     env = {"PATH": os.environ["PATH"], "MATHAGENT_SANDBOX_URL": sandbox.url, "MATHAGENT_DEV": "1"}
     assert _exec(code, env)["status"] == SNIPPETS[code]
+
+
+def _one_json_line(stdout: str) -> dict:
+    """``exec`` prints exactly one line, the JSON result, and nothing else on stdout."""
+    assert stdout.endswith("\n") and stdout.count("\n") == 1, stdout[-2000:]
+    out = json.loads(stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("name", list(CASES))
+async def test_exec_hostile_case(name: str, sandbox, host: Host, outside: Path) -> None:
+    """Every adversarial snippet through ``python -m sandbox exec``, with the limits the case needs."""
+    case = CASES[name]
+    args = ["--timeout", str(case.timeout_s)] if case.timeout_s else []
+    if case.memory_mb:
+        args += ["--memory-mb", str(case.memory_mb)]
+    env = {"PATH": os.environ["PATH"], "MATHAGENT_SANDBOX_URL": sandbox.url, "MATHAGENT_DEV": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sandbox", "exec", *args, "-", env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(render(case.code, outside).encode()), 120)
+    assert proc.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    r = ExecResult.model_validate(_one_json_line(stdout.decode()))
+    assert_contained(name, case, r, outside)
+    await host.assert_intact()
 
 
 def test_exec_starts_an_ephemeral_supervisor(tmp_path: Path) -> None:

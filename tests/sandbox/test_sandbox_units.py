@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
+from array import array
+
 import pytest
 
+from sandbox import cgroups, prefault
 from sandbox.client import SandboxClient, SandboxUnreachable
 from sandbox.harness import run_cell
 from sandbox.settings import SandboxSettings
@@ -76,3 +82,72 @@ async def test_transport_failure_is_sandbox_error(tmp_path) -> None:
         assert r.status == "sandbox_error" and "unreachable" in (r.detail or "")
         with pytest.raises(SandboxUnreachable):
             await c.health()
+
+
+def _pages(start: int, length: int) -> set[int]:
+    return set(range(-(-start // prefault.PAGE), (start + length) // prefault.PAGE))
+
+
+def _address(buf: bytearray) -> int:
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+needs_populate = pytest.mark.skipif(not prefault.supported(), reason="kernel lacks MADV_POPULATE_WRITE")
+
+
+@needs_populate
+def test_prefault_learns_the_pages_a_workload_writes() -> None:
+    written, untouched = bytearray(64 * prefault.PAGE), bytearray(64 * prefault.PAGE)
+
+    def workload() -> None:
+        written[::prefault.PAGE] = b"\x01" * 64
+
+    ranges = prefault.learn(workload)
+    learned = set().union(*(_pages(ranges[i], ranges[i + 1]) for i in range(0, len(ranges), 2)))
+    target = _pages(_address(written), len(written))
+    assert target <= learned
+    assert len(_pages(_address(untouched), len(untouched)) & learned) < 8  # selective, not everything
+
+
+@needs_populate
+def test_plan_populate_breaks_copy_on_write_without_changing_memory() -> None:
+    buf = bytearray(b"\x07" * (64 * prefault.PAGE))
+    start = -(-_address(buf) // prefault.PAGE) * prefault.PAGE
+    plan = prefault.Plan(array("Q", [start, 32 * prefault.PAGE]))
+    pid = os.fork()
+    if pid == 0:  # the forked child shares buf copy-on-write until populate breaks it
+        ok = False
+        try:
+            def owned() -> set[int]:
+                got = prefault.owned_pages([(start, start + 32 * prefault.PAGE)])
+                return set().union(*(_pages(got[i], got[i + 1]) for i in range(0, len(got), 2)))
+
+            before = owned()
+            plan.populate()
+            ok = not before and owned() == _pages(start, 32 * prefault.PAGE) and buf == b"\x07" * len(buf)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not all(cgroups.available().values()),
+                    reason="needs cgroup v1 controllers as root")
+def test_slot_cgroup_sees_processes_join_and_leave() -> None:
+    # The sweep after every execution relies on this listing being current on each call.
+    cg = cgroups.SlotCgroup(cgroups.new_instance(), 0)
+    cg.create(64, 8)
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert cg.pids() == set()
+        for path in cg.procs_files():
+            with open(path, "w") as f:
+                f.write(str(proc.pid))
+        assert cg.pids() == {proc.pid}
+        assert cg.sweep() == 1
+        proc.wait(5)
+        assert cg.pids() == set()
+    finally:
+        proc.kill()
+        proc.wait()
+        cg.remove()
