@@ -54,3 +54,14 @@ def _make_traj(
 def make_traj():
     """The trajectory builder above, as a fixture (test modules never import conftest)."""
     return _make_traj
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tokenizer):
+    """A tiny random model with the real tokenizer, saved as a checkpoint directory (one per test module)."""
+    from agent.modelstore import tiny_random_model
+
+    path = tmp_path_factory.mktemp("tiny")
+    tiny_random_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

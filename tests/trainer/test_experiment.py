@@ -14,16 +14,6 @@ from agent.cli import app
 from trainer.experiment_report import bootstrap_ci
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer):
-    from agent.modelstore import tiny_random_model
-
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_random_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _env(monkeypatch, tmp_path, tiny_model) -> None:
     env = {
         "MATHAGENT_STATE_DIR": str(tmp_path / "state"), "MATHAGENT_DEV": "1",

@@ -39,16 +39,6 @@ def prefix():
     _cleanup(p)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer):
-    from agent.modelstore import tiny_random_model
-
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_random_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 async def _log_user_traffic(prefix: str, spool: Path) -> None:
     from agent.trajlog import Feedback as FeedbackRecord
     from agent.trajlog import TrajectoryLog

@@ -85,16 +85,6 @@ def sandbox_url(tmp_path_factory):
     thread.join(30)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer):
-    from agent.modelstore import tiny_random_model
-
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_random_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def env(tmp_path, redis_url, sandbox_url, tiny_model):
     return {
