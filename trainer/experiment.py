@@ -549,7 +549,8 @@ class Experiment:
         assert spec.loss is not None
         c = self.config
         out = d / "train"
-        ref = None if spec.ref is None else str(self.model_of(spec.ref)[0])
+        ref_path, ref_label = (None, "start") if spec.ref is None else self.model_of(spec.ref)[:2]
+        ref = None if ref_path is None else str(ref_path)
         config = TrainConfig(
             pairs=d / "pairs.jsonl", out=out, model=str(start_path), ref_model=ref, state_dir=self.settings.state_dir, loss=spec.loss,
             beta=c.beta, alpha=c.alpha, lr=lr, epochs=c.epochs, max_steps=c.max_steps,
@@ -575,7 +576,7 @@ class Experiment:
                 self.registry.publish, src, base_model=c.model, parent=parent, kind="full",
                 training_config={"experiment": str(self.dir.name), "row": spec.name, "start": start,
                                  "train": config.model_dump(mode="json"), "lineage_iteration": spec.iteration,
-                                 "reference": "start" if spec.ref is None else self.model_of(spec.ref)[1]},
+                                 "reference": ref_label},
             )
             version = manifest.version
             shutil.rmtree(src, ignore_errors=True)
