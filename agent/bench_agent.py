@@ -11,6 +11,7 @@ prompts (the same problems).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from pydantic import BaseModel
@@ -65,15 +66,13 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
 
             local = engine if isinstance(engine, TransformersEngine) else None
 
-            def prefix_counts() -> tuple[int, int, int]:
-                if local is None:
-                    return 0, 0, 0
-                return local.stats.prefix_hits, local.stats.prefix_reused_tokens, local.stats.prefill_tokens
+            def counters() -> dict[str, float]:
+                return {} if local is None else dataclasses.asdict(local.stats)
 
             async def leg(name: str, concurrent: bool) -> tuple[LegResult, list[Trajectory]]:
                 if local is not None:
                     local.clear_prefix_cache()
-                before = prefix_counts()
+                before = counters()
                 t0 = time.perf_counter()
                 with console.status(f"{name}: {episodes} episodes..."):
                     if concurrent:
@@ -85,8 +84,12 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
                 trajs = [r.trajectories[0] for r in results]
                 res = LegResult(name=name, episodes=len(trajs), seconds=dt, model_tokens=_model_tokens(trajs),
                                 tool_calls=sum(t.n_tool_calls for t in trajs))
-                hits, reused, prefilled = (a - b for a, b in zip(prefix_counts(), before, strict=True))
-                note = "" if local is None else f"; prompt tokens prefilled {prefilled}, reused {reused} ({hits} prefix hits)"
+                d = {k: v - before[k] for k, v in counters().items()}
+                note = "" if local is None else (
+                    f"; prompt tokens prefilled {d['prefill_tokens']}, reused {d['prefix_reused_tokens']} "
+                    f"({d['prefix_hits']} prefix hits); engine time: prefill {d['prefill_seconds']:.1f}s, "
+                    f"decode {d['decode_seconds']:.1f}s in {d['decode_steps']} steps "
+                    f"({d['rows_decoded'] / max(1, d['decode_steps']):.1f} rows per step)")
                 console.print(f"[dim]{name}: {dt:.1f}s, {res.model_tokens} model tokens{note}[/]")
                 return res, trajs
 

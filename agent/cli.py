@@ -222,7 +222,8 @@ def experiment(
     max_turns: int = typer.Option(2, help="tool calls per episode in every row"),
     max_new_tokens: int = typer.Option(128, help="tokens per model turn (a gold task turn takes ~60)"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="preference rows start from the SFT-on-gold model"),
-    warmup_lr: float = typer.Option(1e-5, help="learning rate of the warm-up SFT"),
+    warmup_lr: float = typer.Option(1e-5, help="learning rate of the SFT rows (warm-up, STaR, RAFT)"),
+    warmup_epochs: int = typer.Option(4, help="epochs of the SFT-on-gold warm-up"),
     lr: float = typer.Option(1e-6, help="learning rate of the preference rows"),
     max_steps: int | None = typer.Option(None, help="optimizer steps at most per training"),
     batch_size: int = typer.Option(4, help="pairs per optimizer step"),
@@ -241,7 +242,7 @@ def experiment(
         dataset=dataset, model=model,
         data_dir=data_dir, train_limit=train_limit, eval_limit=eval_limit, samples=samples, maj_k=maj_k,
         temperature=temperature, pairs_k=pairs_k, max_turns=max_turns, max_new_tokens=max_new_tokens, warmup=warmup,
-        warmup_lr=warmup_lr, lr=lr, max_steps=max_steps,
+        warmup_lr=warmup_lr, warmup_epochs=warmup_epochs, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, seed=seed,
     ))
 

@@ -20,7 +20,9 @@ class AgentSettings(BaseSettings):
     model: str = "smollm2"
     sandbox_url: str = Field("", description="unix://<state_dir>/sandbox.sock when empty")
     dev: bool = False
-    torch_threads: int | None = Field(1, ge=1, description="intra-op threads of the in-process engine (None: torch default)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of the in-process engine (None: torch's default, one per core; "
+        "measured on 2 cores: batch-1 decoding as fast as 1 thread, 8 concurrent requests 1.6x faster)")
 
     redis_prefix: str = Field("mathagent", description="key prefix: <prefix>:trajectories is the stream")
     stream_maxlen: int | None = Field(None, description="approximate trimming of the stream; None keeps everything")

@@ -27,7 +27,9 @@ class GatewaySettings(BaseSettings):
     vllm_model: str = Field(
         "", description="the model name vLLM serves (its --served-model-name; default: its --model path = the resolved MATHAGENT_MODEL)"
     )
-    torch_threads: int | None = Field(1, ge=1, description="intra-op threads of the in-process engine (None: torch default)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of the in-process engine (None: torch's default, one per core; "
+        "measured on 2 cores: batch-1 decoding as fast as 1 thread, 8 concurrent requests 1.6x faster)")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for trajectories, feedback, jobs")
     redis_prefix: str = Field("mathagent", description="key prefix: <prefix>:trajectories is the stream")
     sandbox_url: str = Field("", description="sandbox service: unix:///path.sock or http://127.0.0.1:PORT (default: unix socket in the state dir)")

@@ -9,10 +9,10 @@ usual padded batch:
   ``linear`` row differs bit-wise between M=1 and M=2, and again from M=16 on).
 
 So every sequence keeps its own KV buffers (:class:`RowCache`, no padding ever), attention runs
-per row (:func:`rowwise_attention`), and only the linear layers run batched, in chunk sizes that
-:func:`invariant_chunk_size` verified to give bit-identical rows on this machine, thread count and
-model shapes. A lone row is paired with a scratch row so it goes through the same kernel as a
-batch. No library offers batch-invariant CPU decoding for transformers models; this is small.
+per row (:func:`rowwise_attention`), and only the linear layers run batched, in row counts that
+:func:`invariant_rows` verified to give bit-identical rows on this machine, thread count and
+model shapes. A pass with fewer rows is padded with scratch rows so it goes through the same kernel
+as a full batch. No library offers batch-invariant CPU decoding for transformers models; this is small.
 
 Prefill runs in chunks of :data:`PREFILL_CHUNK` tokens at fixed absolute positions
 ([0, C), [C, 2C), ...), each chunk attending to the keys cached before it. The keys and values of
@@ -23,6 +23,9 @@ prefill from scratch: prefix reuse never changes a result (:mod:`agent.engines.p
 """
 
 from __future__ import annotations
+
+import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +181,9 @@ def rowwise_attention(
     for i in range(query.shape[0]):
         k, v = key[i], value[i]
         k_len = k.shape[2]
-        if q_len == 1 or k_len == q_len:  # a decode step, or a prefill chunk from position 0
+        if q_len == 1 and k_len == 1:  # a scratch row (a real decode row has its prompt's keys): softmax of one key is 1
+            out = v.repeat_interleave(query.shape[1] // v.shape[1], dim=1)
+        elif q_len == 1 or k_len == q_len:  # a decode step, or a prefill chunk from position 0
             out = F.scaled_dot_product_attention(query[i : i + 1], k, v, is_causal=q_len > 1, scale=scaling, enable_gqa=True)
         else:  # a later prefill chunk: causal over the cached keys, aligned at the end (SDPA's is_causal aligns at the start)
             mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
@@ -190,39 +195,106 @@ def rowwise_attention(
 AttentionInterface.register(ATTN_IMPLEMENTATION, rowwise_attention)
 
 
+def row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` computed as ``(weight @ x.T).T``: the rows of ``x`` become the GEMM's columns.
+
+    Why: MKL's fp32 GEMM with the weight as the left operand streams it without repacking and
+    treats the columns in blocks of 4, so at 1, 4 and 8 rows every row's result is bit-identical
+    (with 1 or 2 threads, measured on SmolLM2's shapes) and a lone row runs at matrix-vector
+    speed. ``F.linear`` puts the rows first: its classes are 1 | 2-3 | 4-16, so a batch-invariant
+    lone row had to run padded to 4 rows, about 2x the cost of 1 (a full decode pass's linear
+    layers, 1 thread: 56 ms at 1 row, 72 ms at 4, 109 ms at 8, vs 121 and 138 ms with F.linear).
+    """
+    flat = x.reshape(-1, x.shape[-1]).contiguous()  # the same memory layout at every row count
+    out = torch.mm(weight, flat.t()).t().contiguous()
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _row_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return row_linear(x, self.weight, self.bias)
+
+
 def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
-    """Switch ``model`` to row-wise attention (in place) and to eval mode."""
+    """Switch ``model`` (in place) to row-wise attention, :func:`row_linear` linear layers and eval mode."""
     model.eval()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     if model.config._attn_implementation != ATTN_IMPLEMENTATION:
         raise ValueError(f"{type(model).__name__} does not accept a custom attention implementation")
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.forward = types.MethodType(_row_linear_forward, mod)  # type: ignore[method-assign]
     return model
 
 
-@torch.inference_mode()
-def invariant_chunk_size(model: PreTrainedModel, limit: int) -> int:
-    """Largest chunk size C <= ``limit`` such that every linear layer of ``model`` gives bit-identical
-    rows for every row count M in [2, C] and every row position (1 = no batching is invariant).
+# A lone row is padded with scratch rows up to the smallest verified row count; more padding than
+# this costs a lone row too much (a decode pass streams the weights once, so a few rows cost little).
+MAX_PAD_ROWS = 8
 
+
+@dataclass(frozen=True)
+class DecodeRows:
+    """The row counts a decode pass may run at (ascending): every row's result is bit-identical at
+    each of them, whatever its position and its neighbours. Fewer live rows are padded with
+    scratch rows up to the next allowed count."""
+
+    sizes: tuple[int, ...]
+
+    @property
+    def max_rows(self) -> int:
+        return self.sizes[-1]
+
+    def passes(self, n: int) -> int:
+        """Forward passes for ``n`` rows."""
+        return -(-n // self.max_rows)
+
+    def pad_to(self, n: int) -> int:
+        """Rows a pass of ``n`` live rows runs at (``n`` <= :attr:`max_rows`)."""
+        return next(m for m in self.sizes if m >= n)
+
+
+@torch.inference_mode()
+def invariant_rows(model: PreTrainedModel, limit: int, max_pad: int = MAX_PAD_ROWS) -> DecodeRows:
+    """The row counts (<= ``limit``, the smallest <= ``max_pad``) at which every linear layer of
+    ``model`` (computed by :func:`row_linear`) gives bit-identical rows whatever the count, a
+    row's position and its neighbours.
+
+    The GEMM kernel depends on the row count M in classes. Measured here (MKL, SmolLM2 shapes,
+    1 or 2 threads): M=1,4,8 | 2-3 | 12-16, and at 5-7 and 9-11 a row's result depends on its
+    position. So a lone row runs alone, 2-4 rows run padded to 4 and 5-8 padded to 8.
     Depends on the kernel library, the CPU and ``torch.get_num_threads()``: measured, not assumed.
+    ``DecodeRows((1,))`` (no batching) when nothing larger qualifies.
     """
     weights: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
     for mod in model.modules():
         if isinstance(mod, torch.nn.Linear):
             weights.setdefault((mod.out_features, mod.in_features, mod.weight.dtype), mod.weight)
+    limit = max(1, limit)
     gen = torch.Generator().manual_seed(0)
-    best = max(1, limit)
+    outs: list[dict[int, torch.Tensor]] = []
+    positional: set[int] = set()  # row counts at which a row's result depends on its position
     for (_, n_in, dtype), weight in weights.items():
-        if best < 2:
-            break
-        x = torch.randn(best, 1, n_in, generator=gen).to(dtype)
-        ref = [F.linear(torch.cat([x[j : j + 1], x[j : j + 1]]), weight)[0] for j in range(best)]
-        for m in range(2, best + 1):
-            y = F.linear(x[:m], weight)
-            if not all(torch.equal(y[j], ref[j]) for j in range(m)):
-                best = m - 1
+        x = torch.randn(limit, n_in, generator=gen).to(dtype)
+        fwd = {m: row_linear(x[:m], weight) for m in range(1, limit + 1)}
+        for m in range(2, limit + 1):
+            if not torch.equal(row_linear(x[:m].flip(0), weight).flip(0), fwd[m]):
+                positional.add(m)
+        outs.append(fwd)
+    classes: list[list[int]] = []  # row counts whose rows agree bit for bit
+    for m in range(1, limit + 1):
+        if m in positional:
+            continue
+        for members in classes:
+            k = min(m, members[0])
+            if all(torch.equal(fwd[m][:k], fwd[members[0]][:k]) for fwd in outs):
+                members.append(m)
                 break
-    return best
+        else:
+            classes.append([m])
+    usable = [c for c in classes if c[0] <= max_pad]
+    best = max(usable, key=lambda c: (c[-1], -c[0]))  # the class of M=1 is always usable
+    return DecodeRows(tuple(best))
 
 
 @torch.inference_mode()
@@ -259,24 +331,24 @@ def prefill(
 
 
 @torch.inference_mode()
-def decode_step(model: PreTrainedModel, caches: list[RowCache], tokens: list[int], chunk_size: int) -> torch.Tensor:
+def decode_step(model: PreTrainedModel, caches: list[RowCache], tokens: list[int], shape: DecodeRows) -> torch.Tensor:
     """Feed ``tokens[i]`` to row ``caches[i]`` (appending to it); return float32 next-token logits [rows, vocab].
 
-    Rows run in balanced chunks of at most ``chunk_size`` (see :func:`invariant_chunk_size`); a
-    chunk of one row gets a scratch partner when ``chunk_size >= 2``, so a row alone computes
-    exactly as in any batch.
+    Rows run in balanced passes of at most ``shape.max_rows``, each padded with scratch rows to an
+    allowed row count (see :func:`invariant_rows`), so a row computes exactly as in any batch.
     """
-    n_chunks = -(-len(caches) // chunk_size)
-    per = -(-len(caches) // n_chunks)
+    per = -(-len(caches) // shape.passes(len(caches)))
     out: list[torch.Tensor] = []
     for start in range(0, len(caches), per):
-        rows: list[RowCache | None] = list(caches[start : start + per])
+        live = caches[start : start + per]
+        rows: list[RowCache | None] = list(live)
         inputs = tokens[start : start + per]
-        positions = [r.length for r in caches[start : start + per]]
-        if len(rows) == 1 and chunk_size >= 2:
-            rows.append(None)
-            inputs = [*inputs, inputs[0]]
-            positions = [*positions, positions[0]]
+        positions = [r.length for r in live]
+        pad = shape.pad_to(len(rows)) - len(rows)
+        if pad > 0:  # scratch rows: the first row's token at its position, attending only to itself
+            rows += [None] * pad
+            inputs = [*inputs, *[inputs[0]] * pad]
+            positions = [*positions, *[positions[0]] * pad]
         logits = model(
             input_ids=torch.tensor(inputs, dtype=torch.long).unsqueeze(1),
             position_ids=torch.tensor(positions, dtype=torch.long).unsqueeze(1),
@@ -284,5 +356,5 @@ def decode_step(model: PreTrainedModel, caches: list[RowCache], tokens: list[int
             use_cache=True,
             logits_to_keep=1,
         ).logits
-        out.append(logits[: len(caches[start : start + per]), -1].float())
+        out.append(logits[: len(live), -1].float())
     return torch.cat(out, dim=0)

@@ -9,7 +9,7 @@ dynamically by one background worker thread, so torch never blocks the event loo
   (:mod:`agent.engines.prefix_cache`: the next turn of an episode, the common opening of the agent
   prompt), with bit-identical results, so only the new part of a prompt costs time;
 - the decode step runs the linear layers batched and attention per row over that row's own KV
-  buffers (:mod:`agent.engines.kvrows`), in chunk sizes verified to be bit-exact, so a greedy
+  buffers (:mod:`agent.engines.kvrows`), in pass shapes verified to be bit-exact, so a greedy
   request gives the same tokens alone or in any batch, and a seeded sample the same draws
   (per-row ``torch.Generator``);
 - stop strings end a completion right after the token that completes them (kept in text and ids,
@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,14 @@ from agent.engines.base import (
     GenerationRequest,
 )
 from agent.engines.detok import IncrementalText
-from agent.engines.kvrows import PREFILL_CHUNK, decode_step, invariant_chunk_size, prefill, prepare_model
+from agent.engines.kvrows import (
+    PREFILL_CHUNK,
+    DecodeRows,
+    decode_step,
+    invariant_rows,
+    prefill,
+    prepare_model,
+)
 from agent.engines.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixStore
 from agent.engines.sampling import row_generator, sample_token
 from agent.engines.tokens import TokenizerOps
@@ -66,14 +74,15 @@ class _Version:
     max_positions: int
     num_layers: int
     removed: bool = False  # set by remove_version: its prompts no longer enter the prefix store
-    _chunk: dict[int, int] = field(default_factory=dict)  # torch thread count -> invariant chunk size
+    _shape: dict[int, DecodeRows] = field(default_factory=dict)  # torch thread count -> bit-exact pass shape
 
-    def chunk_size(self, limit: int) -> int:
+    def decode_rows(self, limit: int) -> DecodeRows:
         threads = torch.get_num_threads()
-        if threads not in self._chunk:
-            self._chunk[threads] = invariant_chunk_size(self.model, limit)
-            log.info("version %s: bit-exact decode chunk size %d (threads=%d)", self.name, self._chunk[threads], threads)
-        return self._chunk[threads]
+        if threads not in self._shape:
+            shape = self._shape[threads] = invariant_rows(self.model, limit)
+            log.info("version %s: bit-exact decode passes of %s rows (threads=%d)", self.name,
+                     ",".join(map(str, shape.sizes)), threads)
+        return self._shape[threads]
 
 
 @dataclass(eq=False)
@@ -110,6 +119,9 @@ class EngineStats:
     prefill_tokens: int = 0  # prompt tokens run through the model (the reused ones not counted)
     prefix_hits: int = 0  # prefills that started from a stored prefix
     prefix_reused_tokens: int = 0  # prompt tokens taken from the store instead
+    prefill_seconds: float = 0.0  # worker time in prefills
+    decode_seconds: float = 0.0  # worker time in decode steps
+    rows_decoded: int = 0  # live rows summed over decode passes (padding rows not counted)
 
 
 class TransformersEngine(TokenizerOps):
@@ -126,8 +138,9 @@ class TransformersEngine(TokenizerOps):
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         """``threads``: if given, ``torch.set_num_threads(threads)`` (process-wide). On the 2-core
-        machines of this project 1 intra-op thread per generating process measured best for
-        batch-1 decoding (see docs/models.md); ``mathagent bench engine`` compares.
+        machines of this project 2 threads decode a lone row as fast as 1 and 8 rows 1.6x faster
+        (docs/models.md saw batch-1 slow down with 2 threads under ``model.generate``; this engine's
+        matrix-vector path does not): ``mathagent bench engine`` compares.
         ``prefix_cache_bytes``: bound of the stored prompt prefixes (0 turns reuse off)."""
         if threads is not None:
             torch.set_num_threads(threads)
@@ -359,7 +372,9 @@ class TransformersEngine(TokenizerOps):
     def _prefill(self, job: _Job) -> None:
         version, prompt = job.rows[0].version, job.rows[0].request.prompt_ids
         prefix = self.prefix_cache.lookup(version, prompt)
+        t0 = time.perf_counter()
         cache, logits = prefill(version.model, prompt, prefix)
+        self.stats.prefill_seconds += time.perf_counter() - t0
         reused = 0 if prefix is None else prefix.length
         self.stats.forward_passes += -(-(len(prompt) - reused) // PREFILL_CHUNK)
         self.stats.prefill_tokens += len(prompt) - reused
@@ -374,15 +389,18 @@ class TransformersEngine(TokenizerOps):
 
     def _decode(self, entry: _Version, rows: list[_Row]) -> None:
         """One decode step for ``rows`` of one version."""
-        size = entry.chunk_size(self.max_batch)
+        shape = entry.decode_rows(self.max_batch)
         caches = [r.cache for r in rows if r.cache is not None]
+        t0 = time.perf_counter()
         try:
-            logits = decode_step(entry.model, caches, [r.tokens[-1] for r in rows], size)
+            logits = decode_step(entry.model, caches, [r.tokens[-1] for r in rows], shape)
         except Exception as exc:
             log.exception("decode step failed")
             self._fail(rows, exc)
             return
-        self.stats.forward_passes += -(-len(rows) // size)
+        self.stats.decode_seconds += time.perf_counter() - t0
+        self.stats.forward_passes += shape.passes(len(rows))
+        self.stats.rows_decoded += len(rows)
         for i, row in enumerate(rows):
             self._advance(row, sample_token(logits[i], row.request.temperature, row.request.top_p, row.generator))
 

@@ -17,7 +17,7 @@ from agent.engines.base import GenerationRequest
 from agent.engines.kvrows import (
     PREFILL_CHUNK,
     decode_step,
-    invariant_chunk_size,
+    invariant_rows,
     prefill,
     prepare_model,
     reusable_length,
@@ -61,11 +61,11 @@ def test_prefill_from_a_stored_prefix_is_bit_identical(model, tokenizer):
         assert a is not None and b is not None
         assert torch.equal(a[:, :, : len(second)], b[:, :, : len(second)])
     # decoding on from either cache stays identical (same buffers, same kernels)
-    size = invariant_chunk_size(model, 4)
+    shape = invariant_rows(model, 4)
     tokens = [int(fresh_logits.argmax())]
     for _ in range(6):
-        a = decode_step(model, [fresh], tokens, size)
-        b = decode_step(model, [reused], tokens, size)
+        a = decode_step(model, [fresh], tokens, shape)
+        b = decode_step(model, [reused], tokens, shape)
         assert torch.equal(a, b)
         tokens = [int(a[0].argmax())]
     # the test is not vacuous: the prefix really carries the first prompt's context
