@@ -81,7 +81,8 @@ class ExperimentConfig(BaseModel):
     max_turns: int = Field(2, ge=1, description="tool calls per episode (every row: rollouts and evaluation)")
     max_new_tokens: int = Field(128, ge=16, description="tokens per model turn (a gold task turn takes ~60)")
     warmup: bool = Field(True, description="preference rows start from the SFT-on-gold row's model")
-    warmup_lr: float = Field(1e-5, gt=0)
+    warmup_lr: float = Field(1e-5, gt=0, description="learning rate of the SFT rows (warm-up, STaR, RAFT)")
+    warmup_epochs: int = Field(4, ge=1, description="epochs of the SFT-on-gold warm-up over its gold trajectories")
     lr: float = Field(1e-6, gt=0)
     beta: float = Field(0.1, gt=0)
     alpha: float = Field(1.0, ge=0)
@@ -436,7 +437,7 @@ class Experiment:
         times["gold"] = round(time.monotonic() - t0, 1)
         n_pairs = sum(1 for line in pairs_path.read_text().splitlines() if line.strip())
         trained = await self.train_and_publish(spec, d, start_path=path, start=f"base {version}", parent=None, n_pairs=n_pairs,
-                                               lr=self.config.warmup_lr, times=times)
+                                               lr=self.config.warmup_lr, epochs=self.config.warmup_epochs, times=times)
         return trained.model_copy(update={"pairs": n_pairs})
 
     def rollouts_path(self, spec: RowSpec) -> Path:
@@ -540,7 +541,7 @@ class Experiment:
 
     # -- the shared tail: train, publish, evaluate ----------------------------------------------
     async def train_and_publish(self, spec: RowSpec, d: Path, *, start_path: Path, start: str, parent: str | None,
-                                n_pairs: int, lr: float, times: dict[str, float]) -> RowResult:
+                                n_pairs: int, lr: float, times: dict[str, float], epochs: int | None = None) -> RowResult:
         from trainer.config import TrainConfig
         from trainer.iterate import candidate_dir
         from trainer.launch import run_training
@@ -553,7 +554,7 @@ class Experiment:
         ref = None if ref_path is None else str(ref_path)
         config = TrainConfig(
             pairs=d / "pairs.jsonl", out=out, model=str(start_path), ref_model=ref, state_dir=self.settings.state_dir, loss=spec.loss,
-            beta=c.beta, alpha=c.alpha, lr=lr, epochs=c.epochs, max_steps=c.max_steps,
+            beta=c.beta, alpha=c.alpha, lr=lr, epochs=epochs or c.epochs, max_steps=c.max_steps,
             per_device_batch_size=max(1, min(c.batch_size, n_pairs)), save_steps=10, max_length=c.max_length,
             seed=c.seed, resume=True, progress=False,
         )

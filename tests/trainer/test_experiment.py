@@ -34,7 +34,7 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
     run_dir = tmp_path / "run"
     args = ["experiment", "irpo", "--model", str(tiny_model), "--max-turns", "1", "--max-new-tokens", "16", "--levels", "1-2", "--train-limit", "2",
             "--eval-limit", "2", "--samples", "2", "--maj-k", "2", "--pairs-k", "2", "--max-steps", "1",
-            "--batch-size", "2", "--max-length", "512", "--lr", "1e-4", "--run-dir", str(run_dir)]
+            "--warmup-epochs", "3", "--batch-size", "2", "--max-length", "512", "--lr", "1e-4", "--run-dir", str(run_dir)]
 
     async def main() -> object:
         async with running_sandbox(tmp_path / "sbx"):
@@ -69,6 +69,9 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
     manifests = {m.training_config["row"]: m for m in reg.manifests()}
     assert set(manifests) == {"sft_gold", "dpo_1", "dpo_nll_1", "dpo_nll_2", "dpo_nll_3"}
     assert manifests["dpo_1"].parent == warm and manifests["dpo_nll_1"].training_config["train"]["loss"] == "dpo+nll"
+    # --warmup-epochs reaches the warm-up's training only
+    assert manifests["sft_gold"].training_config["train"]["epochs"] == 3
+    assert manifests["dpo_1"].training_config["train"]["epochs"] == 1
     assert manifests["dpo_nll_3"].parent == summary["dpo_nll_2"]["version"]
     assert manifests["dpo_nll_3"].training_config["lineage_iteration"] == 3
     assert manifests["dpo_nll_3"].training_config["train"]["ref_model"] is None  # reference = the start policy
