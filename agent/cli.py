@@ -224,7 +224,7 @@ def experiment(
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="preference rows start from the SFT-on-gold model"),
     warmup_lr: float = typer.Option(1e-5, help="learning rate of the SFT rows (warm-up, STaR, RAFT)"),
     warmup_epochs: int = typer.Option(4, help="epochs of the SFT-on-gold warm-up"),
-    lr: float = typer.Option(1e-6, help="learning rate of the preference rows"),
+    lr: float | None = typer.Option(None, help="learning rate of the preference rows [cpu 5e-6, gpu 1e-6]"),
     max_steps: int | None = typer.Option(None, help="optimizer steps at most per training"),
     batch_size: int = typer.Option(4, help="pairs per optimizer step"),
     max_length: int = typer.Option(1024, help="tokens per training sequence at most"),

@@ -2,12 +2,13 @@
 data set and model, every row through the real agent loop, sandbox, trainer and registry.
 
 Rows (docs/algorithms.md, :data:`ROWS`): zero-shot greedy and maj@k; SFT on gold tool
-trajectories (the warm-up the other rows start from, reported as its own row); STaR / RAFT (SFT
-on the warm model's own correct samples); per family the preference rows: IRPO's DPO and DPO+NLL
-iteration 1, DPO+NLL iterations 2 and 3 (each starts from, and uses as reference, the previous
-iteration's model, sampling fresh rollouts from it), M-DPO and M-KTO iteration 1, M-DPO
-iteration 2 with the reference fixed at the warm-up model vs set to iteration 1's model, and
-ScPO (pairs from the majority vote of the samples, gold labels dropped, weighted DPO+NLL).
+trajectories (the warm-up the other rows start from, reported as its own row) and its maj@k;
+STaR / RAFT (SFT on the warm model's own correct samples); per family the preference rows:
+IRPO's DPO and DPO+NLL iteration 1, DPO+NLL iterations 2 and 3 (each starts from, and uses as
+reference, the previous iteration's model, sampling fresh rollouts from it) and it.3's maj@k,
+M-DPO and M-KTO iteration 1, M-DPO iteration 2 with the reference fixed at the warm-up model vs
+set to iteration 1's model, and ScPO (pairs from the majority vote of the samples, gold labels
+dropped, weighted DPO+NLL).
 
 Each row calls what the iteration driver (:mod:`trainer.iterate`) calls: the data split
 (:func:`trainer.collect.dataset_split`, or the graded task family :mod:`agent.tasks`),
@@ -56,7 +57,7 @@ from trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 Family = Literal["irpo", "mdpo"]
-RowKind = Literal["zero_shot", "sft_gold", "sft_correct", "preference"]
+RowKind = Literal["zero_shot", "vote", "sft_gold", "sft_correct", "preference"]
 DATASETS = ("tasks", "synthetic", "gsm8k", "math")
 KEEP_AFTER_PUBLISH = {"curves.jsonl", "train_result.json"}
 WARMUP = "warmup"  # RowSpec.start / ref: the warm-up row's model (the base model with --no-warmup)
@@ -83,7 +84,7 @@ class ExperimentConfig(BaseModel):
     warmup: bool = Field(True, description="preference rows start from the SFT-on-gold row's model")
     warmup_lr: float = Field(1e-5, gt=0, description="learning rate of the SFT rows (warm-up, STaR, RAFT)")
     warmup_epochs: int = Field(4, ge=1, description="epochs of the SFT-on-gold warm-up over its gold trajectories")
-    lr: float = Field(1e-6, gt=0)
+    lr: float = Field(1e-6, gt=0, description="learning rate of the preference rows (the cpu scale sets 5e-6)")
     beta: float = Field(0.1, gt=0)
     alpha: float = Field(1.0, ge=0)
     epochs: int = Field(1, ge=1)
@@ -101,6 +102,9 @@ class ExperimentError(ValueError):
 @dataclass(frozen=True)
 class RowSpec:
     """One row of a comparison table.
+
+    A ``vote`` row trains nothing: it measures maj@k of its ``start`` model (the papers'
+    "+ majority vote" rows; the zero-shot row does the same for the base model).
 
     ``start`` is the model the row begins from: ``WARMUP`` (the SFT-on-gold row's model, or the
     base model with ``--no-warmup``) or the name of an earlier row whose trained model it
@@ -123,6 +127,7 @@ ROWS: dict[Family, list[RowSpec]] = {
     "irpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
         RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
+        RowSpec("sft_gold_vote", "SFT on gold (warm-up)", "vote"),
         RowSpec("star", "STaR (SFT on correct samples)", "sft_correct", loss="sft", scheme="irpo"),
         RowSpec("dpo_1", "DPO it.1", "preference", loss="dpo", scheme="irpo"),
         RowSpec("dpo_nll_1", "DPO+NLL (IRPO) it.1", "preference", loss="dpo+nll", scheme="irpo"),
@@ -130,11 +135,13 @@ ROWS: dict[Family, list[RowSpec]] = {
                 iteration=2),
         RowSpec("dpo_nll_3", "DPO+NLL (IRPO) it.3", "preference", loss="dpo+nll", scheme="irpo", start="dpo_nll_2",
                 iteration=3),
+        RowSpec("dpo_nll_3_vote", "DPO+NLL (IRPO) it.3", "vote", start="dpo_nll_3"),
         RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "preference", loss="dpo+nll", scheme="scpo"),
     ],
     "mdpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
         RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
+        RowSpec("sft_gold_vote", "SFT on gold (warm-up)", "vote"),
         RowSpec("raft", "RAFT (SFT on correct samples)", "sft_correct", loss="sft", scheme="mdpo"),
         RowSpec("mdpo_1", "M-DPO it.1", "preference", loss="dpo", scheme="mdpo"),
         RowSpec("mkto_1", "M-KTO it.1", "preference", loss="kto", scheme="mdpo"),
@@ -279,7 +286,7 @@ class Experiment:
                     rows.append(done)
                     remember(spec, done)
                     continue
-                head: dict[str, Any] = dict(name=spec.name, label=spec.label)
+                head: dict[str, Any] = dict(name=spec.name, label=spec.label, kind=spec.kind)
                 if self.only is not None and spec.name not in self.only:
                     rows.append(RowResult(**head, status="skipped", reason="not selected (--rows)"))
                     continue
@@ -330,7 +337,7 @@ class Experiment:
 
     def _missing_dependency(self, spec: RowSpec) -> str | None:
         """Why ``spec`` cannot run yet (a row it starts from or uses as reference is not done), or None."""
-        needs = [n for n in (spec.start if spec.kind in ("sft_correct", "preference") else None, spec.ref) if n]
+        needs = [n for n in (spec.start if spec.kind in ("vote", "sft_correct", "preference") else None, spec.ref) if n]
         for need in needs:
             row = "sft_gold" if need == WARMUP else need
             if (need != WARMUP or self.config.warmup) and self.finished(row) is None:
@@ -349,8 +356,8 @@ class Experiment:
         return self.registry.path(row.version), row.version, row.version
 
     async def row(self, spec: RowSpec) -> RowResult:
-        if spec.kind == "zero_shot":
-            return await self.row_zero_shot(spec)
+        if spec.kind in ("zero_shot", "vote"):
+            return await self.row_vote(spec)
         if spec.kind == "sft_gold":
             return await self.row_sft_gold(spec)
         if spec.kind == "sft_correct":
@@ -358,12 +365,18 @@ class Experiment:
         return await self.row_preference(spec)
 
     # -- rows -----------------------------------------------------------------------------------
-    async def row_zero_shot(self, spec: RowSpec) -> RowResult:
+    async def row_vote(self, spec: RowSpec) -> RowResult:
+        """Greedy and maj@k of the base model (zero-shot) or of the row's start model (vote)."""
         from agent.evaluate import EvalReport, evaluate
         from agent.solver import Solver
 
         _, heldout = self.split()
-        path, version = self.base()
+        if spec.kind == "zero_shot":
+            path, version = self.base()
+            start = f"base {version}"
+        else:
+            path, start, _ = self.model_of(spec.start)
+            version = start.split()[-1]
         cache = self.row_dir(spec.name) / "eval.json"
         t0 = time.monotonic()
         if cache.is_file():
@@ -386,7 +399,7 @@ class Experiment:
                 await engine.aclose()
             write_json_durable(cache, report.model_dump_json())
         return RowResult(
-            name=spec.name, label=spec.label, status="done", start=f"base {version}",
+            name=spec.name, label=spec.label, kind=spec.kind, status="done", start=start,
             greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=self.config.seed),
             maj=bootstrap_ci([bool(o.maj_correct) for o in report.outcomes], seed=self.config.seed),
             maj_k=self.config.maj_k, tool_call_rate=report.tool_call_rate,

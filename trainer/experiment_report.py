@@ -39,6 +39,7 @@ class RowResult(BaseModel):
 
     name: str
     label: str
+    kind: str = Field("", description="the row's kind (experiment.RowKind); empty in rows stored before it was recorded")
     status: RowStatus
     reason: str = ""
     greedy: Accuracy | None = None
@@ -78,7 +79,9 @@ def table(rows: list[RowResult], *, title: str) -> Table:
     for r in rows:
         done = r.status == "done"
         measures: list[tuple[str, Accuracy | None]] = [(r.label, r.greedy)]
-        if r.maj is not None:
+        if r.kind == "vote":  # its greedy accuracy is its start row's (greedy decoding is deterministic): not repeated
+            measures = [(f"{r.label} maj@{r.maj_k or 'k'}", r.maj)]
+        elif r.maj is not None:
             measures.append((f"{r.label} maj@{r.maj_k}", r.maj))
         for i, (label, acc) in enumerate(measures):
             loss = (f"{r.loss_first:.3f}->{r.loss_last:.3f}"
