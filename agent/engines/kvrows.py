@@ -202,8 +202,9 @@ def row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     treats the columns in blocks of 4, so at 1, 4 and 8 rows every row's result is bit-identical
     (with 1 or 2 threads, measured on SmolLM2's shapes) and a lone row runs at matrix-vector
     speed. ``F.linear`` puts the rows first: its classes are 1 | 2-3 | 4-16, so a batch-invariant
-    lone row had to run padded to 4 rows, about 2x the cost of 1 (a full decode pass's linear
-    layers, 1 thread: 56 ms at 1 row, 72 ms at 4, 109 ms at 8, vs 121 and 138 ms with F.linear).
+    lone row had to run padded to 2 rows, and 8 rows took 3 passes of at most 3 (a full decode
+    pass's linear layers, 1 thread: 56 ms at 1 row, 72 ms at 4, 109 ms at 8 here; F.linear 73,
+    121 and 138 ms).
     """
     flat = x.reshape(-1, x.shape[-1]).contiguous()  # the same memory layout at every row count
     out = torch.mm(weight, flat.t()).t().contiguous()
