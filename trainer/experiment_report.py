@@ -111,8 +111,9 @@ def read_curves(path: Path) -> list[dict[str, float]]:
 
 def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Path]:
     """Per trained row, the mean model-token log-probs of chosen and rejected sequences per
-    optimizer step (IRPO's figure: without NLL both fall; with it chosen rises); plus one
-    figure with every row. Returns the PNG files written."""
+    optimizer step (IRPO's figure: without NLL both fall; with it chosen rises) and, for
+    preference rows, their change against the reference (beta * (log pi - log pi_ref)); plus one
+    figure with every row's log-probs. Returns the PNG files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,8 +128,10 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
     both, ax_all = plt.subplots(figsize=(8, 5))
     for name, (row, recs) in curves.items():
         steps = [int(c["step"]) for c in recs]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        keys = [("logps_chosen", "-")] + ([] if row.loss == "sft" else [("logps_rejected", "--")])  # sft: no rejected
+        preference = row.loss != "sft"  # sft: no rejected, no reference
+        fig, axes = plt.subplots(1, 2 if preference else 1, figsize=(11 if preference else 6, 4), squeeze=False)
+        ax = axes[0][0]
+        keys = [("logps_chosen", "-")] + ([("logps_rejected", "--")] if preference else [])
         for key, style in keys:
             ys = [float(c.get(key, float("nan"))) for c in recs]
             if any(y == y for y in ys):  # not all NaN
@@ -138,6 +141,19 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
         ax.set_ylabel("mean log-prob (model tokens)")
         ax.set_title(f"{row.label} ({row.loss})")
         ax.legend()
+        if preference:
+            # beta * (log pi - log pi_ref) of the step's batch: the change the training made, free of
+            # the batch-to-batch spread of the absolute log-probs on the left
+            ax = axes[0][1]
+            for key, style in (("rewards_chosen", "-"), ("rewards_rejected", "--")):
+                ys = [float(c.get(key, float("nan"))) for c in recs]
+                if any(y == y for y in ys):
+                    ax.plot(steps, ys, style, marker=".", label=key.replace("rewards_", ""))
+            ax.axhline(0.0, color="grey", linewidth=0.5)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("beta * (log pi - log pi_ref)")
+            ax.set_title("change vs the reference")
+            ax.legend()
         fig.tight_layout()
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=100)
