@@ -323,6 +323,7 @@ class Experiment:
                     rows.append(RowResult(**head, status="failed", reason=str(exc).splitlines()[0][:200]))
                     continue
                 result.seconds = round(time.monotonic() - started, 1)
+                result.kind = spec.kind
                 if result.status == "done":
                     write_json_durable(self.row_file(spec.name), result.model_dump_json(indent=2))
                     remember(spec, result)
@@ -399,7 +400,7 @@ class Experiment:
                 await engine.aclose()
             write_json_durable(cache, report.model_dump_json())
         return RowResult(
-            name=spec.name, label=spec.label, kind=spec.kind, status="done", start=start,
+            name=spec.name, label=spec.label, status="done", start=start,
             greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=self.config.seed),
             maj=bootstrap_ci([bool(o.maj_correct) for o in report.outcomes], seed=self.config.seed),
             maj_k=self.config.maj_k, tool_call_rate=report.tool_call_rate,
