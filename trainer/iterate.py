@@ -351,7 +351,8 @@ class Driver:
                 await self.rep.set(done=int(rec["step"]), step=int(rec["step"]), loss=rec.get("loss"),
                                    margin=rec.get("margin"))
 
-            result = await run_training(config, d, processes=r.train_processes, on_step=on_step)
+            result = await run_training(config, d, processes=r.train_processes,
+                                          threads=self.settings.train_threads, on_step=on_step)
         return {"steps": result.steps, "items": result.items, "first_loss": result.first_loss,
                 "last_loss": result.last.get("loss"), "last_margin": result.last.get("margin"),
                 "train_s": result.train_s, "reference_s": result.reference_s, "resumed_from_step": resumed_from,

@@ -96,9 +96,18 @@ def estimate_steps(n_pairs: int, config: TrainConfig, processes: int) -> int:
     return min(total, config.max_steps) if config.max_steps else total
 
 
-def launch_command(config_path: Path, processes: int) -> list[str]:
+def train_threads(processes: int, threads: int | None = None) -> int:
+    """CPU threads of each training process: ``threads`` when given, else the cores shared out
+    among the processes. Said explicitly because ``accelerate launch`` otherwise sets
+    OMP_NUM_THREADS=1 in the child (unless launched with ``--cpu``), which left one of two cores
+    idle through every CPU training run."""
+    return threads or max(1, (os.cpu_count() or 1) // processes)
+
+
+def launch_command(config_path: Path, processes: int, threads: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_cpu_threads_per_process", str(train_threads(processes, threads))]
     if processes > 1:
         cmd.append("--multi_gpu")
     return [*cmd, "-m", "trainer", "train-run", str(config_path)]
@@ -109,10 +118,12 @@ async def run_training(
     workdir: Path,
     *,
     processes: int = 1,
+    threads: int | None = None,
     on_step: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     poll_s: float = 0.5,
 ) -> TrainResult:
-    """Train in a subprocess (resuming from ``config.out``'s saved state) and return its result."""
+    """Train in a subprocess (resuming from ``config.out``'s saved state) and return its result.
+    ``threads``: CPU threads of each training process (:func:`train_threads`)."""
     import torch
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +142,7 @@ async def run_training(
     log.write(f"\n--- launch at {time.strftime('%Y-%m-%d %H:%M:%S')} (resume from step {resumable_step(out)})\n".encode())
     log.flush()
     proc = await asyncio.create_subprocess_exec(
-        *launch_command(config_path, processes), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+        *launch_command(config_path, processes, threads), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
         env=env, start_new_session=True, preexec_fn=die_with_parent,
     )
     (workdir / PGID_FILE).write_text(str(proc.pid))

@@ -61,6 +61,8 @@ class TrainerSettings(AgentSettings):
     batch_size: int = Field(4, ge=1, description="pairs per micro-batch per process")
     save_steps: int = Field(10, ge=0, description="resumable training state every N steps")
     train_processes: int = Field(1, ge=1, description="accelerate launch --num_processes")
+    train_threads: int | None = Field(
+        None, ge=1, description="CPU threads of each training process (None: the cores divided among the processes)")
     rollout_concurrency: int = Field(8, ge=1, description="prompts in flight during rollouts and eval")
 
     @field_validator("runs_dir", "registry_dir", "data_dir")
