@@ -1,7 +1,8 @@
 """``mathagent experiment irpo|mdpo``: the comparison of the IRPO and M-DPO papers, run on one
 data set and model, every row through the real agent loop, sandbox, trainer and registry.
 
-Rows (docs/algorithms.md, :data:`ROWS`): zero-shot greedy and maj@k; SFT on gold tool
+Rows (docs/algorithms.md, :data:`ROWS`): zero-shot greedy and maj@k, with the python tool and
+with IRPO's chain-of-thought prompt (what the base model does in each mode); SFT on gold tool
 trajectories (the warm-up the other rows start from, reported as its own row) and its maj@k;
 STaR / RAFT (SFT on the warm model's own correct samples); per family the preference rows:
 IRPO's DPO and DPO+NLL iteration 1, DPO+NLL iterations 2 and 3 (each starts from, and uses as
@@ -50,6 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.datasets import Problem
+from agent.trajectory import Mode
 from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, plot_curves
 from trainer.runstate import write_json_durable
 from trainer.settings import TrainerSettings
@@ -110,7 +112,10 @@ class RowSpec:
     base model with ``--no-warmup``) or the name of an earlier row whose trained model it
     continues (iteration 2 starts from iteration 1). ``ref`` is the DPO reference: ``None`` means
     the starting policy (IRPO and M-DPO's previous-iteration reference), otherwise ``WARMUP`` or a
-    row name for a reference fixed at that model.
+    row name for a reference fixed at that model. ``mode`` is the prompt of a zero-shot or vote
+    row: ``tir`` (the agent's python tool, as every trained row) or ``cot`` (IRPO's chain-of-thought
+    prompt, no tool; its one model turn gets the tokens of a whole tool episode, max_turns x
+    max_new_tokens, so neither mode has the larger budget).
     """
 
     name: str
@@ -121,11 +126,13 @@ class RowSpec:
     start: str = WARMUP
     ref: str | None = None
     iteration: int = 1
+    mode: Mode = Mode.tir
 
 
 ROWS: dict[Family, list[RowSpec]] = {
     "irpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
+        RowSpec("zero_shot_cot", "zero-shot, chain of thought", "zero_shot", mode=Mode.cot),
         RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
         RowSpec("sft_gold_vote", "SFT on gold (warm-up)", "vote"),
         RowSpec("star", "STaR (SFT on correct samples)", "sft_correct", loss="sft", scheme="irpo"),
@@ -140,6 +147,7 @@ ROWS: dict[Family, list[RowSpec]] = {
     ],
     "mdpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
+        RowSpec("zero_shot_cot", "zero-shot, chain of thought", "zero_shot", mode=Mode.cot),
         RowSpec("sft_gold", "SFT on gold (warm-up)", "sft_gold", loss="sft"),
         RowSpec("sft_gold_vote", "SFT on gold (warm-up)", "vote"),
         RowSpec("raft", "RAFT (SFT on correct samples)", "sft_correct", loss="sft", scheme="mdpo"),
@@ -392,10 +400,14 @@ class Experiment:
                 count += 1
                 self.progress(f"{spec.label}: greedy + maj@{self.config.maj_k}", count, len(heldout))
 
+            settings = self.solver_settings()
+            if spec.mode is Mode.cot:
+                settings = settings.model_copy(update={"max_new_tokens": self.config.max_turns * self.config.max_new_tokens})
             try:
-                solver = Solver(engine, sandbox, None, self.solver_settings())
-                report = await evaluate(solver, heldout, dataset=self.config.dataset, samples=self.config.maj_k,
-                                        concurrency=self.config.concurrency, seed=self.config.seed, on_done=on_done)
+                solver = Solver(engine, sandbox, None, settings)
+                report = await evaluate(solver, heldout, dataset=self.config.dataset, mode=spec.mode,
+                                        samples=self.config.maj_k, concurrency=self.config.concurrency,
+                                        seed=self.config.seed, on_done=on_done)
             finally:
                 await engine.aclose()
             write_json_durable(cache, report.model_dump_json())
@@ -580,7 +592,8 @@ class Experiment:
                 self.progress(f"{spec.label}: training ({spec.loss}) loss {rec.get('loss', 0):.3f}",
                               int(rec["step"]), 0)
 
-            result = await run_training(config, d, processes=1, on_step=on_step)
+            result = await run_training(config, d, processes=1, threads=self.settings.train_threads,
+                                          on_step=on_step)
         times["train"] = round(time.monotonic() - t0, 1)
 
         t0 = time.monotonic()

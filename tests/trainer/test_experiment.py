@@ -44,7 +44,7 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
     summary = {r["name"]: r for r in json.loads((run_dir / "summary.json").read_text())}
     done = {k for k, r in summary.items() if r["status"] == "done"}
-    assert done == {"zero_shot", "sft_gold", "sft_gold_vote", "dpo_1", "dpo_nll_1", "dpo_nll_2", "dpo_nll_3",
+    assert done == {"zero_shot", "zero_shot_cot", "sft_gold", "sft_gold_vote", "dpo_1", "dpo_nll_1", "dpo_nll_2", "dpo_nll_3",
                     "dpo_nll_3_vote"}, summary
     # the random model is never right and never answers: nothing for STaR to imitate, no vote for ScPO
     assert summary["star"]["status"] == "skipped" and "no correct sample" in summary["star"]["reason"]
@@ -53,6 +53,10 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
     zs = summary["zero_shot"]
     # the tiny random model solves nothing: accuracy 0 with a degenerate interval, on the 2 held-out problems
     assert zs["greedy"] == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 2} and zs["maj_k"] == 2
+    # the chain-of-thought zero-shot row asks the same held-out problems with IRPO's prompt, no tool
+    cot = json.loads((run_dir / "rows" / "zero_shot_cot" / "eval.json").read_text())
+    assert cot["mode"] == "cot" and cot["n"] == 2 and summary["zero_shot_cot"]["tool_call_rate"] == 0.0
+    assert "zero-shot, chain of thought maj@2" in result.output  # type: ignore[attr-defined]
     # the vote rows measure maj@k of a trained model; their greedy pass repeats the start row's exactly
     for vote, of in (("sft_gold_vote", "sft_gold"), ("dpo_nll_3_vote", "dpo_nll_3")):
         assert summary[vote]["start"] == summary[of]["version"] and summary[vote]["maj"]["n"] == 2
