@@ -209,13 +209,13 @@ def experiment(
     family: str = typer.Argument(..., help="irpo or mdpo: which paper's comparison table"),
     dataset: str = typer.Option("tasks", help="tasks (graded synthetic family), synthetic, gsm8k or math"),
     model: str = typer.Option("smollm2", help="model spec: smollm2, a checkpoint directory or a hub id"),
-    levels: str = typer.Option("1-5", help="tasks: difficulty levels, e.g. 1-3 or 1,2,5"),
+    levels: str | None = typer.Option(None, help="tasks: difficulty levels, e.g. 1-3 or 1,2,5 [1-5; cpu mdpo 1-3]"),
     data_dir: Path | None = typer.Option(None, help="folder with gsm8k/ and math/ JSONL"),
     scale: str = typer.Option("auto", help="defaults for the sizes and budget: cpu, gpu, or auto (gpu when CUDA is "
                               "available); an option given explicitly wins"),
     train_limit: int | None = typer.Option(None, help="training problems [cpu 32, gpu 256]"),
     eval_limit: int | None = typer.Option(None, help="held-out problems every row is measured on [cpu 40, gpu 250]"),
-    samples: int | None = typer.Option(None, help="rollouts per training problem (N) [cpu 4, gpu 8]"),
+    samples: int | None = typer.Option(None, help="rollouts per training problem (N) [cpu 4, cpu mdpo 8, gpu 8]"),
     maj_k: int | None = typer.Option(None, help="samples of the zero-shot maj@k row [cpu 4, gpu 8]"),
     temperature: float = typer.Option(0.8, help="rollout and maj@k temperature"),
     pairs_k: int = typer.Option(2, help="IRPO pairs per problem (K)"),
@@ -225,8 +225,9 @@ def experiment(
     warmup_lr: float = typer.Option(1e-5, help="learning rate of the SFT rows (warm-up, STaR, RAFT)"),
     warmup_epochs: int = typer.Option(4, help="epochs of the SFT-on-gold warm-up"),
     lr: float | None = typer.Option(None, help="learning rate of the preference rows [cpu 5e-6, gpu 1e-6]"),
+    epochs: int = typer.Option(1, help="epochs over the pairs of the preference and STaR / RAFT rows (M-DPO: 1-2)"),
     max_steps: int | None = typer.Option(None, help="optimizer steps at most per training"),
-    batch_size: int = typer.Option(4, help="pairs per optimizer step"),
+    batch_size: int | None = typer.Option(None, help="pairs per optimizer step [4; cpu mdpo 2]"),
     max_length: int = typer.Option(1024, help="tokens per training sequence at most"),
     budget_minutes: float | None = typer.Option(None, help="wall-time bound: rows that do not fit are skipped "
                                                 "[cpu 110, gpu 110]; inf = no bound"),
@@ -242,7 +243,7 @@ def experiment(
         dataset=dataset, model=model,
         data_dir=data_dir, train_limit=train_limit, eval_limit=eval_limit, samples=samples, maj_k=maj_k,
         temperature=temperature, pairs_k=pairs_k, max_turns=max_turns, max_new_tokens=max_new_tokens, warmup=warmup,
-        warmup_lr=warmup_lr, warmup_epochs=warmup_epochs, lr=lr, max_steps=max_steps,
+        warmup_lr=warmup_lr, warmup_epochs=warmup_epochs, lr=lr, epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, seed=seed,
     ))
 

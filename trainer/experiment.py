@@ -89,7 +89,7 @@ class ExperimentConfig(BaseModel):
     lr: float = Field(1e-6, gt=0, description="learning rate of the preference rows (the cpu scale sets 5e-6)")
     beta: float = Field(0.1, gt=0)
     alpha: float = Field(1.0, ge=0)
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="epochs over the pairs of the preference and STaR / RAFT rows")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per training")
     batch_size: int = Field(4, ge=1)
     max_length: int = Field(1024, ge=16)

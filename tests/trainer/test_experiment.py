@@ -195,7 +195,7 @@ def test_mdpo_rows_fixed_vs_previous_reference_raft_and_scpo(tmp_path, tiny_mode
     run_dir = tmp_path / "run"
     base = ["experiment", "mdpo", "--model", str(tiny_model), "--max-turns", "1", "--max-new-tokens", "16", "--levels", "1", "--train-limit", "2", "--eval-limit",
             "1", "--samples", "2", "--max-steps", "1", "--batch-size", "2", "--max-length", "512", "--lr", "1e-3",
-            "--run-dir", str(run_dir)]
+            "--epochs", "2", "--run-dir", str(run_dir)]
 
     def run(rows: str) -> dict[str, dict]:
         async def main() -> object:
@@ -207,6 +207,7 @@ def test_mdpo_rows_fixed_vs_previous_reference_raft_and_scpo(tmp_path, tiny_mode
         return {r["name"]: r for r in json.loads((run_dir / "summary.json").read_text())}
 
     summary = run("sft_gold,mdpo_1")
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 2
     warm = summary["sft_gold"]["version"]
     # the random model's samples never call the tool: M-DPO's filters leave nothing
     assert summary["mdpo_1"]["status"] == "skipped" and "no_tool_call" in summary["mdpo_1"]["reason"]

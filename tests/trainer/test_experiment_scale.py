@@ -1,0 +1,33 @@
+"""``--scale`` defaults per family: the cpu scale gives the M-DPO family easier levels, more
+samples and smaller batches (its pairs come only from the model's own samples); an option given
+explicitly wins. Checked on the header the CLI prints before any work, with a row name that
+stops the run before it starts."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+
+
+def _header(tmp_path, *args: str) -> str:
+    result = CliRunner().invoke(app, ["experiment", *args, "--scale", "cpu", "--rows", "no_such_row",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "unknown row no_such_row" in result.output
+    assert not (tmp_path / "run" / "config.json").exists()
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("family", "expected"), [
+    ("irpo", "tasks levels 1,2,3,4,5: 32 training / 40 held-out problems, 4 samples each, maj@4, batch 4"),
+    ("mdpo", "tasks levels 1,2,3: 32 training / 40 held-out problems, 8 samples each, maj@4, batch 2"),
+])
+def test_cpu_scale_defaults_per_family(tmp_path, family, expected):
+    assert expected in _header(tmp_path, family)
+
+
+def test_explicit_options_win_over_family_defaults(tmp_path):
+    out = _header(tmp_path, "mdpo", "--levels", "2-4", "--samples", "3", "--batch-size", "4")
+    assert "tasks levels 2,3,4: 32 training / 40 held-out problems, 3 samples each, maj@4, batch 4" in out
