@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 RowStatus = Literal["done", "skipped", "failed"]
 
@@ -125,7 +128,6 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
     written: list[Path] = []
     if not curves:
         return written
-    both, ax_all = plt.subplots(figsize=(8, 5))
     for name, (row, recs) in curves.items():
         steps = [int(c["step"]) for c in recs]
         preference = row.loss != "sft"  # sft: no rejected, no reference
@@ -136,7 +138,6 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
             ys = [float(c.get(key, float("nan"))) for c in recs]
             if any(y == y for y in ys):  # not all NaN
                 ax.plot(steps, ys, style, marker=".", label=key.replace("logps_", ""))
-                ax_all.plot(steps, ys, style, marker=".", label=f"{row.label}: {key.replace('logps_', '')}")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("mean log-prob (model tokens)")
         ax.set_title(f"{row.label} ({row.loss})")
@@ -159,13 +160,32 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
-    ax_all.set_xlabel("optimizer step")
-    ax_all.set_ylabel("mean log-prob (model tokens)")
-    ax_all.set_title("chosen (solid) and rejected (dashed) log-probs")
-    ax_all.legend(fontsize=7)
+    both, ax_all = plt.subplots(figsize=(8, 5))
+    plot_all_logps(ax_all, list(curves.values()))
     both.tight_layout()
     path = out_dir / "logps.png"
     both.savefig(path, dpi=100)
     plt.close(both)
     written.append(path)
     return written
+
+
+def plot_all_logps(ax: Axes, curves: list[tuple[RowResult, list[dict[str, float]]]]) -> None:
+    """Every row's chosen (solid) and rejected (dashed) log-probs on one axes, one colour per row
+    (matplotlib's default cycle repeats after ten lines, which made two rows look like one)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(curves) <= 10 else "tab20"]
+    for i, (row, recs) in enumerate(curves):
+        steps = [int(c["step"]) for c in recs]
+        keys = [("logps_chosen", "-")] + ([("logps_rejected", "--")] if row.loss != "sft" else [])
+        for key, style in keys:
+            ys = [float(c.get(key, float("nan"))) for c in recs]
+            if any(y == y for y in ys):  # not all NaN
+                # one legend entry per row: the rejected line shares its colour, the title says dashed
+                label = row.label if key == "logps_chosen" else "_" + row.label
+                ax.plot(steps, ys, style, marker=".", color=cmap(i % cmap.N), label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean log-prob (model tokens)")
+    ax.set_title("chosen (solid) and rejected (dashed) log-probs, one colour per row")
+    ax.legend(fontsize=7)

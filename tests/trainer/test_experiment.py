@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from trainer.experiment_report import bootstrap_ci
+from trainer.experiment_report import RowResult, bootstrap_ci, plot_all_logps
 
 
 def _env(monkeypatch, tmp_path, tiny_model) -> None:
@@ -134,6 +134,26 @@ def test_bootstrap_interval():
 
 
 @pytest.mark.slow
+def test_combined_plot_gives_each_row_its_own_colour_and_one_legend_entry():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [{"step": s, "logps_chosen": -1.0 * s, "logps_rejected": -2.0 * s} for s in (1, 2)]
+    curves = [(RowResult(name=f"r{i}", label=f"row {i}", status="done", loss="dpo"), recs) for i in range(11)]
+    fig, ax = plt.subplots()
+    sft = RowResult(name="sft", label="sft", status="done", loss="sft")  # no rejected sequences: one line
+    plot_all_logps(ax, [*curves, (sft, recs)])
+    lines = ax.get_lines()
+    assert len(lines) == 23
+    colours = [matplotlib.colors.to_hex(ln.get_color()) for ln in lines]
+    assert all(colours[2 * i] == colours[2 * i + 1] for i in range(11))  # chosen and rejected of a row
+    assert len(set(colours)) == 12  # the default cycle would repeat after ten
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"row {i}" for i in range(11)] + ["sft"]
+    plt.close(fig)
+
+
 def test_budget_ending_inside_a_row_cancels_it_and_keeps_going(tmp_path, tiny_model, monkeypatch):
     _env(monkeypatch, tmp_path, tiny_model)  # no sandbox at the URL: the run starts an ephemeral one
     run_dir = tmp_path / "run"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from agent.cli import app
 
 
-def _header(tmp_path, *args: str) -> str:
-    result = CliRunner().invoke(app, ["experiment", *args, "--scale", "cpu", "--rows", "no_such_row",
+def _header(tmp_path, *args: str, scale: str = "cpu") -> str:
+    result = CliRunner().invoke(app, ["experiment", *args, "--scale", scale, "--rows", "no_such_row",
                                       "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert "unknown row no_such_row" in result.output
@@ -26,6 +26,13 @@ def _header(tmp_path, *args: str) -> str:
 ])
 def test_cpu_scale_defaults_per_family(tmp_path, family, expected):
     assert expected in _header(tmp_path, family)
+
+
+@pytest.mark.parametrize("family", ["irpo", "mdpo"])
+def test_gpu_scale_is_the_larger_budget_for_both_families(tmp_path, family):
+    # chosen explicitly here; --scale auto picks it where torch sees CUDA
+    out = _header(tmp_path, family, scale="gpu")
+    assert "tasks levels 1,2,3,4,5: 256 training / 250 held-out problems, 8 samples each, maj@8, batch 4" in out
 
 
 def test_explicit_options_win_over_family_defaults(tmp_path):
