@@ -223,7 +223,7 @@ def experiment(
     max_new_tokens: int = typer.Option(128, help="tokens per model turn (a gold task turn takes ~60)"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="preference rows start from the SFT-on-gold model"),
     warmup_lr: float = typer.Option(1e-5, help="learning rate of the SFT rows (warm-up, STaR, RAFT)"),
-    warmup_epochs: int = typer.Option(4, help="epochs of the SFT-on-gold warm-up"),
+    warmup_epochs: int | None = typer.Option(None, help="epochs of the SFT-on-gold warm-up [cpu irpo 8, else 4]"),
     lr: float | None = typer.Option(None, help="learning rate of the preference rows [cpu 5e-6, gpu 1e-6]"),
     epochs: int = typer.Option(1, help="epochs over the pairs of the preference and STaR / RAFT rows (M-DPO: 1-2)"),
     max_steps: int | None = typer.Option(None, help="optimizer steps at most per training"),

@@ -32,16 +32,19 @@ SCALES: dict[str, dict[str, Any]] = {
     # A preference row trains ~16 steps here: at lr 1e-6 DPO's loss moved 0.693 -> 0.662 and the
     # model's accuracy not at all, so the cpu scale uses a larger step
     "cpu": {"train_limit": 32, "eval_limit": 40, "samples": 4, "maj_k": 4, "lr": 5e-6, "batch_size": 4,
-            "levels": "1-5", "budget_minutes": 110},
+            "warmup_epochs": 4, "levels": "1-5", "budget_minutes": 110},
     # gpu: more problems and samples for tighter intervals, more steps at the usual DPO learning rate
     "gpu": {"train_limit": 256, "eval_limit": 250, "samples": 8, "maj_k": 8, "lr": 1e-6, "batch_size": 4,
-            "levels": "1-5", "budget_minutes": 110},
+            "warmup_epochs": 4, "levels": "1-5", "budget_minutes": 110},
 }
-# Per family changes to a scale. M-DPO pairs only the model's own samples, one correct and one
-# incorrect per problem: at levels 1-5 the warm model solves 17.5%, 25 of 32 problems had no
-# correct sample in 4 and 6 pairs were left (README). At levels 1-3 it solves 85%, so 8 samples
-# per problem give most problems both kinds; batch 2 gives those pairs twice the steps.
+# Per family changes to a scale. The warm-up must converge before the other rows are compared with
+# it: 32 gold trajectories x 4 epochs at batch 4 is 32 steps (loss 0.28, 17.5% held out at levels
+# 1-5), x 8 epochs is 64 steps (loss 0.06, 82.5%); otherwise STaR and the NLL rows gain only by
+# finishing the warm-up. M-DPO pairs only the model's own samples, one correct and one incorrect
+# per problem; with the short warm-up 25 of 32 problems had no correct sample in 4 (README), so its
+# scale took levels 1-3 and 8 samples, and batch 2 (64 warm-up steps at 4 epochs, 85%).
 FAMILY_SCALES: dict[tuple[str, str], dict[str, Any]] = {
+    ("cpu", "irpo"): {"warmup_epochs": 8},
     ("cpu", "mdpo"): {"levels": "1-3", "samples": 8, "batch_size": 2},
 }
 
@@ -91,7 +94,8 @@ def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: flo
     console.print(f"[dim]run directory {run_dir} (the same command with --run-dir {run_dir} resumes it)[/]")
     levels_note = f" levels {','.join(map(str, config.levels))}" if config.dataset == "tasks" else ""
     console.print(f"[dim]{config.dataset}{levels_note}: {config.train_limit} training / {config.eval_limit} held-out "
-                  f"problems, {config.samples} samples each, maj@{config.maj_k}, batch {config.batch_size}; budget "
+                  f"problems, {config.samples} samples each, maj@{config.maj_k}, batch {config.batch_size}, warm-up "
+                  f"{config.warmup_epochs} epochs; budget "
                   f"{'none' if budget_s is None else f'{budget_minutes:g} min'}[/]")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:

@@ -1,5 +1,5 @@
-"""``--scale`` defaults per family: the cpu scale gives the M-DPO family easier levels, more
-samples and smaller batches (its pairs come only from the model's own samples); an option given
+"""``--scale`` defaults per family: the cpu scale gives the IRPO family a longer warm-up and the
+M-DPO family easier levels, more samples and smaller batches (its pairs come only from the model's own samples); an option given
 explicitly wins. Checked on the header the CLI prints before any work, with a row name that
 stops the run before it starts."""
 
@@ -21,8 +21,10 @@ def _header(tmp_path, *args: str, scale: str = "cpu") -> str:
 
 
 @pytest.mark.parametrize(("family", "expected"), [
-    ("irpo", "tasks levels 1,2,3,4,5: 32 training / 40 held-out problems, 4 samples each, maj@4, batch 4"),
-    ("mdpo", "tasks levels 1,2,3: 32 training / 40 held-out problems, 8 samples each, maj@4, batch 2"),
+    ("irpo", "tasks levels 1,2,3,4,5: 32 training / 40 held-out problems, 4 samples each, maj@4, batch 4, "
+             "warm-up 8 epochs"),
+    ("mdpo", "tasks levels 1,2,3: 32 training / 40 held-out problems, 8 samples each, maj@4, batch 2, "
+             "warm-up 4 epochs"),
 ])
 def test_cpu_scale_defaults_per_family(tmp_path, family, expected):
     assert expected in _header(tmp_path, family)
@@ -38,3 +40,4 @@ def test_gpu_scale_is_the_larger_budget_for_both_families(tmp_path, family):
 def test_explicit_options_win_over_family_defaults(tmp_path):
     out = _header(tmp_path, "mdpo", "--levels", "2-4", "--samples", "3", "--batch-size", "4")
     assert "tasks levels 2,3,4: 32 training / 40 held-out problems, 3 samples each, maj@4, batch 4" in out
+    assert "warm-up 3 epochs" in _header(tmp_path, "irpo", "--warmup-epochs", "3")
