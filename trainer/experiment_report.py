@@ -133,11 +133,8 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
         preference = row.loss != "sft"  # sft: no rejected, no reference
         fig, axes = plt.subplots(1, 2 if preference else 1, figsize=(11 if preference else 6, 4), squeeze=False)
         ax = axes[0][0]
-        keys = [("logps_chosen", "-")] + ([("logps_rejected", "--")] if preference else [])
-        for key, style in keys:
-            ys = [float(c.get(key, float("nan"))) for c in recs]
-            if any(y == y for y in ys):  # not all NaN
-                ax.plot(steps, ys, style, marker=".", label=key.replace("logps_", ""))
+        for which, style, ys in _series(recs, "logps", rejected=preference):
+            ax.plot(steps, ys, style, marker=".", label=which)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("mean log-prob (model tokens)")
         ax.set_title(f"{row.label} ({row.loss})")
@@ -146,10 +143,8 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
             # beta * (log pi - log pi_ref) of the step's batch: the change the training made, free of
             # the batch-to-batch spread of the absolute log-probs on the left
             ax = axes[0][1]
-            for key, style in (("rewards_chosen", "-"), ("rewards_rejected", "--")):
-                ys = [float(c.get(key, float("nan"))) for c in recs]
-                if any(y == y for y in ys):
-                    ax.plot(steps, ys, style, marker=".", label=key.replace("rewards_", ""))
+            for which, style, ys in _series(recs, "rewards", rejected=True):
+                ax.plot(steps, ys, style, marker=".", label=which)
             ax.axhline(0.0, color="grey", linewidth=0.5)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("beta * (log pi - log pi_ref)")
@@ -170,6 +165,17 @@ def plot_curves(rows: list[RowResult], run_dir: Path, out_dir: Path) -> list[Pat
     return written
 
 
+def _series(recs: list[dict[str, float]], prefix: str, *, rejected: bool) -> list[tuple[str, str, list[float]]]:
+    """``(chosen|rejected, line style, values per step)`` of ``{prefix}_chosen`` and, with
+    ``rejected``, ``{prefix}_rejected``; a series that is NaN at every step is left out."""
+    out = []
+    for which, style in (("chosen", "-"), ("rejected", "--"))[: 2 if rejected else 1]:
+        ys = [float(c.get(f"{prefix}_{which}", float("nan"))) for c in recs]
+        if any(y == y for y in ys):  # not all NaN
+            out.append((which, style, ys))
+    return out
+
+
 def plot_all_logps(ax: Axes, curves: list[tuple[RowResult, list[dict[str, float]]]]) -> None:
     """Every row's chosen (solid) and rejected (dashed) log-probs on one axes, one colour per row
     (matplotlib's default cycle repeats after ten lines, which made two rows look like one)."""
@@ -178,13 +184,10 @@ def plot_all_logps(ax: Axes, curves: list[tuple[RowResult, list[dict[str, float]
     cmap = matplotlib.colormaps["tab10" if len(curves) <= 10 else "tab20"]
     for i, (row, recs) in enumerate(curves):
         steps = [int(c["step"]) for c in recs]
-        keys = [("logps_chosen", "-")] + ([("logps_rejected", "--")] if row.loss != "sft" else [])
-        for key, style in keys:
-            ys = [float(c.get(key, float("nan"))) for c in recs]
-            if any(y == y for y in ys):  # not all NaN
-                # one legend entry per row: the rejected line shares its colour, the title says dashed
-                label = row.label if key == "logps_chosen" else "_" + row.label
-                ax.plot(steps, ys, style, marker=".", color=cmap(i % cmap.N), label=label)
+        for which, style, ys in _series(recs, "logps", rejected=row.loss != "sft"):
+            # one legend entry per row: the rejected line shares its colour, the title says dashed
+            label = row.label if which == "chosen" else "_" + row.label
+            ax.plot(steps, ys, style, marker=".", color=cmap(i % cmap.N), label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean log-prob (model tokens)")
     ax.set_title("chosen (solid) and rejected (dashed) log-probs, one colour per row")

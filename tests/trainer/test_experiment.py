@@ -133,7 +133,6 @@ def test_bootstrap_interval():
     assert bootstrap_ci([]).n == 0
 
 
-@pytest.mark.slow
 def test_combined_plot_gives_each_row_its_own_colour_and_one_legend_entry():
     import matplotlib
 
@@ -154,6 +153,7 @@ def test_combined_plot_gives_each_row_its_own_colour_and_one_legend_entry():
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_budget_ending_inside_a_row_cancels_it_and_keeps_going(tmp_path, tiny_model, monkeypatch):
     _env(monkeypatch, tmp_path, tiny_model)  # no sandbox at the URL: the run starts an ephemeral one
     run_dir = tmp_path / "run"

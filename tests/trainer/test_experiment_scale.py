@@ -1,7 +1,7 @@
 """``--scale`` defaults per family: the cpu scale gives the IRPO family a longer warm-up and the
-M-DPO family easier levels, more samples and smaller batches (its pairs come only from the model's own samples); an option given
-explicitly wins. Checked on the header the CLI prints before any work, with a row name that
-stops the run before it starts."""
+M-DPO family easier levels, more samples and smaller batches (its pairs come only from the
+model's own samples); an option given explicitly wins. Checked on the header the CLI prints
+before any work, with a row name that stops the run before it starts."""
 
 from __future__ import annotations
 
