@@ -15,7 +15,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from agent.datasets import Problem
-from agent.solver import Solver, SolveResult
+from agent.events import SolveResult
+from agent.solver import Solver
 from agent.trajectory import Mode, Source
 
 

@@ -1,20 +1,20 @@
-"""Typed events of a streamed solve: what a client sees while episodes run.
+"""What a solve yields: typed events while its episodes run, then its result.
 
 Every event names its trajectory and sample index, so interleaved episodes (samples > 1,
-revisions) can be told apart. The stream ends with one :class:`SolveDone` carrying the result.
+revisions) can be told apart. An episode ends with :class:`EpisodeDone` (``episode_done``); the
+whole solve ends with one :class:`SolveDone` (``done``) carrying the :class:`SolveResult`. The
+gateway streams these same names as server-sent events.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
-from agent.trajectory import Trajectory
+from agent.grading import Vote
+from agent.trajectory import Mode, Trajectory
 from sandbox.result import ExecResult
-
-if TYPE_CHECKING:
-    pass
 
 
 class _EpisodeEvent(BaseModel):
@@ -57,10 +57,40 @@ class AnswerEvent(_EpisodeEvent):
 
 
 class EpisodeDone(_EpisodeEvent):
-    type: Literal["done"] = "done"
+    type: Literal["episode_done"] = "episode_done"
     trajectory: Trajectory
 
 
 EpisodeEvent = Annotated[
     EpisodeStart | TextDelta | CodeCell | SandboxOutput | AnswerEvent | EpisodeDone, Field(discriminator="type")
 ]
+
+
+class SolveResult(BaseModel):
+    """The outcome of one solve."""
+
+    answer: str | None = Field(description="the answer (majority vote of the samples' final answers when samples > 1)")
+    correct: bool | None = Field(None, description="set when a gold answer was given")
+    gold: str | None = None
+    vote: Vote | None = Field(None, description="vote counts and shares, when samples > 1")
+    model_version: str
+    mode: Mode
+    trajectory_ids: list[str] = Field(description="every trajectory of this solve (samples and revisions), by start time")
+    final_ids: list[str] = Field(description="per sample, the id of its last revision (or of the sample itself)")
+    trajectories: list[Trajectory]
+    elapsed_ms: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def vote_shares(self) -> dict[str, float] | None:
+        return self.vote.shares if self.vote is not None else None
+
+
+class SolveDone(BaseModel):
+    """The last event of a streamed solve."""
+
+    type: Literal["done"] = "done"
+    result: SolveResult
+
+
+SolveEvent = Annotated[EpisodeEvent | SolveDone, Field(discriminator="type")]

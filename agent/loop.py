@@ -24,8 +24,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from agent import prompts
-from agent.engines.base import Completion, Engine, GenerationRequest
-from agent.engines.base import FinishReason as EngineFinish
+from agent.engines.base import Completion, Engine, FinishReason, GenerationRequest
 from agent.events import (
     AnswerEvent,
     CodeCell,
@@ -36,9 +35,21 @@ from agent.events import (
     TextDelta,
 )
 from agent.grading import extract_answer, is_equiv_async
+from agent.limits import (
+    MAX_NEW_TOKENS,
+    MAX_TOTAL_TOKENS,
+    MAX_TURNS,
+    OBSERVATION_MAX_CHARS,
+    SANDBOX_TIMEOUT_S,
+    MaxNewTokens,
+    MaxTotalTokens,
+    MaxTurns,
+    ObservationMaxChars,
+    SandboxTimeout,
+)
 from agent.observation import format_observation, output_block
 from agent.trajectory import (
-    FinishReason,
+    EpisodeEnd,
     Mode,
     SamplingParams,
     SandboxCall,
@@ -72,16 +83,16 @@ class EpisodeConfig(BaseModel):
     """Everything that shapes one episode besides the problem."""
 
     mode: Mode = Mode.tir
-    max_turns: int = Field(6, ge=0, description="tool calls at most")
-    max_new_tokens: int = Field(384, ge=1, description="per model turn")
-    max_total_tokens: int = Field(2048, ge=16, description="prompt + model + observations")
+    max_turns: MaxTurns = MAX_TURNS
+    max_new_tokens: MaxNewTokens = MAX_NEW_TOKENS
+    max_total_tokens: MaxTotalTokens = MAX_TOTAL_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     version: str | None = Field(None, description="the model version this episode is pinned to")
-    sandbox_timeout_s: float | None = 10.0
+    sandbox_timeout_s: SandboxTimeout = SANDBOX_TIMEOUT_S
     sandbox_memory_mb: int | None = None
-    observation_max_chars: int = 1200
+    observation_max_chars: ObservationMaxChars = OBSERVATION_MAX_CHARS
     source: Source = Source.api
     stream_text: bool = Field(False, description="stream model text token by token (engine.stream)")
 
@@ -183,7 +194,7 @@ async def run_episode(
     stop = prompts.stop_strings(cfg.mode)
     session_id: str | None = None
     generate_s = sandbox_s = 0.0
-    finish: FinishReason | None = None
+    finish: EpisodeEnd | None = None
     yield EpisodeStart(model_version=version, parent_id=parent_id, **tags)
 
     try:
@@ -221,7 +232,7 @@ async def run_episode(
                     log.warning("engine answered with version %s for an episode pinned to %s", last.model_version, version)
                 text_so_far = engine.decode(turn_ids)
                 if not (
-                    last.finish_reason is EngineFinish.stop
+                    last.finish_reason is FinishReason.stop
                     and last.stop_string == prompts.FENCE_CLOSE
                     and open_fence(text_so_far)
                 ):
@@ -234,23 +245,23 @@ async def run_episode(
             turn_text = engine.decode(turn_ids)
 
             if last is None:  # no budget left for even one token
-                finish = FinishReason.token_budget
+                finish = EpisodeEnd.token_budget
                 break
-            if last.finish_reason is EngineFinish.cancelled:
-                finish = FinishReason.cancelled
+            if last.finish_reason is FinishReason.cancelled:
+                finish = EpisodeEnd.cancelled
                 break
 
             code = pending_code(turn_text) if cfg.mode is Mode.tir and sandbox is not None else None
             if code is None:
                 if extract_answer(turn_text, cfg.mode) is not None:
-                    finish = FinishReason.answer
-                elif last.finish_reason is EngineFinish.length:
-                    finish = FinishReason.token_budget
+                    finish = EpisodeEnd.answer
+                elif last.finish_reason is FinishReason.length:
+                    finish = EpisodeEnd.token_budget
                 else:  # end of turn (or a stray fence) without an answer
-                    finish = FinishReason.no_answer
+                    finish = EpisodeEnd.no_answer
                 break
             if len(traj.calls) >= cfg.max_turns:
-                finish = FinishReason.turn_limit
+                finish = EpisodeEnd.turn_limit
                 break
 
             # ---- run the block in this episode's session and inject the output
@@ -279,7 +290,7 @@ async def run_episode(
             ids.extend(obs_ids)
             yield SandboxOutput(turn=turn, result=result, text=obs_text, **tags)
             if cfg.max_total_tokens - len(ids) < MIN_TURN_TOKENS:
-                finish = FinishReason.token_budget
+                finish = EpisodeEnd.token_budget
                 break
             turn += 1
     finally:

@@ -19,9 +19,8 @@ FENCE_CLOSE = "\n```\n"
 OUTPUT_FENCE = "```output"
 TIR_STOP = [OUTPUT_FENCE, FENCE_CLOSE]
 
-# Measured with SmolLM2-135M on 6 synthetic + 6 GSM8K problems (first turn, greedy): this
-# form wrote a python block 12/12; the earlier rules-first form with a one-shot example 2/12
-# (the model copied the example instead); the example alone made it copy the example's numbers.
+# Task first, then the rules, and no worked example: with an example a small model copies it
+# (its code, or its numbers) instead of solving the problem (README, "Measurements behind the design").
 TIR_INSTRUCTIONS = """\
 Solve the problem below with Python. Write a short ```python block that computes the answer and prints it. You will see the printed output, then write the final answer as \\boxed{{answer}}.
 

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
 
-from agent.solver import SolveResult
+from agent.events import SolveResult
 from agent.trajectory import SegmentKind, Trajectory
 
 _CODE_RE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)(?:\n?```|$)", re.DOTALL)

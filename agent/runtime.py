@@ -1,85 +1,125 @@
-"""Building the agent's parts from one :class:`AgentSettings`: engine, sandbox client, trajectory
-log, solver. Used by the CLI commands (solve, eval, bench agent).
+"""Building the agent's parts from one :class:`AgentSettings`: engines, the sandbox, the solver.
 
-The sandbox: connect to ``MATHAGENT_SANDBOX_URL``; if no service answers there, start an
-ephemeral local one (``python -m sandbox serve`` on a socket in a temporary directory) for the
-duration of the command.
+:class:`Resources` is the one holder every long job uses (a CLI command, a retrain run, an
+experiment): the sandbox is connected on first use and closed with the holder, engines are
+built for any checkpoint, and the solver's settings come from the process settings.
+
+The sandbox: connect to ``MATHAGENT_SANDBOX_URL``; if no service answers there, start a private
+one (``python -m sandbox serve`` on a socket in a temporary directory, strict unless
+``MATHAGENT_DEV=1``) for as long as the holder lives, and say so (:attr:`Resources.sandbox_note`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.engines.base import Engine
 from agent.loop import Sandbox
 from agent.settings import AgentSettings
-from agent.solver import Solver, SolverSettings
-from agent.trajlog import TrajectoryLog
+
+if TYPE_CHECKING:
+    from agent.solver import Solver, SolverSettings
+    from agent.trajlog import TrajectoryLog, TrajectorySink
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Runtime:
-    settings: AgentSettings
-    engine: Engine
-    sandbox: Sandbox
-    trajectory_log: TrajectoryLog
-    solver: Solver
-    sandbox_note: str  # "connected to ..." / "ephemeral ..." for the user
+class SandboxStartError(RuntimeError):
+    """No sandbox service answers and a private one could not start (the message says why and what to do)."""
 
 
-def solver_settings(settings: AgentSettings) -> SolverSettings:
-    return SolverSettings(
-        max_turns=settings.max_turns,
-        max_new_tokens=settings.max_new_tokens,
-        max_total_tokens=settings.max_total_tokens,
-        sandbox_timeout_s=settings.sandbox_timeout_s,
-        observation_max_chars=settings.observation_max_chars,
-    )
-
-
-def build_engine(settings: AgentSettings) -> Engine:
+def build_engine(settings: AgentSettings, path: Path | None = None, version: str | None = None) -> Engine:
+    """The in-process engine on ``path`` (default: the configured model) under ``version``."""
     from agent.engines.transformers_engine import TransformersEngine
     from agent.modelstore import resolve
 
-    resolved = resolve(settings.model, settings.state_dir)
-    return TransformersEngine.from_path(resolved.path, version=resolved.version, threads=settings.torch_threads)
+    if path is None:
+        resolved = resolve(settings.model, settings.state_dir)
+        path, version = resolved.path, version or resolved.version
+    return TransformersEngine.from_path(path, version=version or Path(path).name, threads=settings.torch_threads)
 
 
-@contextlib.asynccontextmanager
-async def open_sandbox(settings: AgentSettings) -> AsyncIterator[tuple[Sandbox, str]]:
-    from sandbox.client import SandboxClient, SandboxUnreachable
+class Resources:
+    """A sandbox, engines and solver settings, for as long as one job runs (``async with``)."""
 
-    client = SandboxClient(settings.sandbox_url)
-    try:
-        await client.health()
-    except SandboxUnreachable:
-        await client.aclose()
-        from sandbox.testing import running_sandbox
+    def __init__(self, settings: AgentSettings, *, solver_settings: SolverSettings | None = None) -> None:
+        self.settings = settings
+        self._solver_settings = solver_settings
+        self._stack = contextlib.AsyncExitStack()
+        self._sandbox: Sandbox | None = None
+        self.sandbox_note = ""
 
-        with tempfile.TemporaryDirectory(prefix="mathagent-sandbox-") as tmp:
-            async with running_sandbox(tmp) as ephemeral:
-                yield ephemeral, f"no sandbox at {settings.sandbox_url}: started an ephemeral local one"
-        return
-    try:
-        yield client, f"sandbox at {settings.sandbox_url}"
-    finally:
-        await client.aclose()
+    async def __aenter__(self) -> Resources:
+        return self
 
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
-@contextlib.asynccontextmanager
-async def open_runtime(settings: AgentSettings, *, engine: Engine | None = None) -> AsyncIterator[Runtime]:
-    engine = engine or build_engine(settings)
-    tlog = TrajectoryLog(settings.redis_url, settings.spool_dir, prefix=settings.redis_prefix, maxlen=settings.stream_maxlen)
-    try:
-        async with open_sandbox(settings) as (sandbox, note):
-            solver = Solver(engine, sandbox, tlog, solver_settings(settings))
-            yield Runtime(settings, engine, sandbox, tlog, solver, note)
-    finally:
-        await tlog.aclose()
-        await engine.aclose()
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+        self._sandbox = None
+
+    def solver_settings(self) -> SolverSettings:
+        return self._solver_settings or self.settings.solver_settings()
+
+    async def sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = await self._stack.enter_async_context(self._open_sandbox())
+            log.info("%s", self.sandbox_note)
+        return self._sandbox
+
+    async def engine(self, path: Path | None = None, version: str | None = None) -> Engine:
+        """An engine on the checkpoint at ``path`` (default: the configured model), closed by the caller."""
+        return await asyncio.to_thread(build_engine, self.settings, path, version)
+
+    def solver(self, engine: Engine, sandbox: Sandbox | None, trajectory_log: TrajectorySink | None = None) -> Solver:
+        from agent.solver import Solver
+
+        return Solver(engine, sandbox, trajectory_log, self.solver_settings())
+
+    async def trajectory_log(self) -> TrajectoryLog:
+        """The Redis trajectory log of the settings (spooled locally while Redis is down), closed with the holder."""
+        from agent.trajlog import TrajectoryLog
+
+        s = self.settings
+        tlog = TrajectoryLog(s.redis_url, s.spool_dir, prefix=s.redis_prefix, maxlen=s.stream_maxlen)
+        self._stack.push_async_callback(tlog.aclose)
+        return tlog
+
+    @contextlib.asynccontextmanager
+    async def _open_sandbox(self) -> AsyncIterator[Sandbox]:
+        from sandbox.client import SandboxClient, SandboxUnreachable
+        from sandbox.local import local_service
+
+        url = self.settings.sandbox_url
+        client = SandboxClient(url)
+        try:
+            await client.health()
+        except SandboxUnreachable:
+            await client.aclose()
+        else:
+            self.sandbox_note = f"sandbox at {url}"
+            try:
+                yield client
+            finally:
+                await client.aclose()
+            return
+        mode = "development mode, MATHAGENT_DEV=1" if self.settings.dev else "strict"
+        async with contextlib.AsyncExitStack() as stack:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mathagent-sandbox-"))
+            try:
+                local = await stack.enter_async_context(local_service(tmp, dev=self.settings.dev))
+            except RuntimeError as exc:
+                last = str(exc).strip().splitlines()[-1:] or [""]
+                raise SandboxStartError(
+                    f"no sandbox answers at {url} and a private one could not start ({mode}): {last[0]}. "
+                    "Start the service (`mathagent up`, or `python -m sandbox serve`), or set MATHAGENT_DEV=1 "
+                    "to run without the protections this host lacks") from None
+            self.sandbox_note = f"no sandbox at {url}: started a private one for this command ({mode})"
+            yield local

@@ -18,14 +18,27 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field
 
 from agent import prompts
 from agent.engines.base import Engine
-from agent.events import EpisodeDone, EpisodeEvent
-from agent.grading import Vote, is_equiv_async, majority_vote
+from agent.events import EpisodeDone, EpisodeEvent, SolveDone, SolveResult
+from agent.grading import is_equiv_async, majority_vote
+from agent.limits import (
+    MAX_NEW_TOKENS,
+    MAX_TOTAL_TOKENS,
+    MAX_TURNS,
+    OBSERVATION_MAX_CHARS,
+    SAMPLE_TEMPERATURE,
+    SANDBOX_TIMEOUT_S,
+    MaxNewTokens,
+    MaxTotalTokens,
+    MaxTurns,
+    ObservationMaxChars,
+    SampleTemperature,
+    SandboxTimeout,
+)
 from agent.loop import EpisodeConfig, Sandbox, run_episode
 from agent.trajectory import Mode, Source, Trajectory
 from agent.trajlog import TrajectorySink
@@ -36,46 +49,16 @@ log = logging.getLogger(__name__)
 class SolverSettings(BaseModel):
     """Defaults of every solve (a call may override turns and temperature)."""
 
-    max_turns: int = Field(6, ge=0, le=64, description="tool calls per episode")
-    max_new_tokens: int = Field(384, ge=1, description="per model turn")
-    max_total_tokens: int = Field(2048, ge=16, description="per episode: prompt + model + observations")
-    sample_temperature: float = Field(0.8, ge=0.0, description="temperature when samples > 1 and none is given")
+    max_turns: MaxTurns = MAX_TURNS
+    max_new_tokens: MaxNewTokens = MAX_NEW_TOKENS
+    max_total_tokens: MaxTotalTokens = MAX_TOTAL_TOKENS
+    sample_temperature: SampleTemperature = SAMPLE_TEMPERATURE
     top_p: float = 1.0
-    sandbox_timeout_s: float = 10.0
+    sandbox_timeout_s: SandboxTimeout = SANDBOX_TIMEOUT_S
     sandbox_memory_mb: int | None = None
-    observation_max_chars: int = 1200
+    observation_max_chars: ObservationMaxChars = OBSERVATION_MAX_CHARS
     max_samples: int = Field(64, ge=1)
     max_revisions: int = Field(8, ge=0)
-
-
-class SolveResult(BaseModel):
-    """The outcome of one solve."""
-
-    answer: str | None = Field(description="the answer (majority vote of the samples' final answers when samples > 1)")
-    correct: bool | None = Field(None, description="set when a gold answer was given")
-    gold: str | None = None
-    vote: Vote | None = Field(None, description="vote counts and shares, when samples > 1")
-    model_version: str
-    mode: Mode
-    trajectory_ids: list[str] = Field(description="every trajectory of this solve (samples and revisions), by start time")
-    final_ids: list[str] = Field(description="per sample, the id of its last revision (or of the sample itself)")
-    trajectories: list[Trajectory]
-    elapsed_ms: float = 0.0
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def vote_shares(self) -> dict[str, float] | None:
-        return self.vote.shares if self.vote is not None else None
-
-
-class SolveDone(BaseModel):
-    """The last event of a streamed solve."""
-
-    type: Literal["result"] = "result"
-    result: SolveResult
-
-
-SolveEvent = Annotated[EpisodeEvent | SolveDone, Field(discriminator="type")]
 
 
 class SolveError(ValueError):

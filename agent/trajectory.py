@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from agent.limits import MAX_TOTAL_TOKENS, MaxTotalTokens
 from sandbox.result import ExecResult
 
 SCHEMA_VERSION = 1
@@ -38,7 +39,9 @@ class Source(StrEnum):
     gold = "gold"  # a gold solution rendered as a trajectory (IRPO adds it to the winners)
 
 
-class FinishReason(StrEnum):
+class EpisodeEnd(StrEnum):
+    """Why an episode ended (a completion's own end is :class:`agent.engines.base.FinishReason`)."""
+
     answer = "answer"
     turn_limit = "turn_limit"
     token_budget = "token_budget"
@@ -68,7 +71,7 @@ class SamplingParams(BaseModel):
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = Field(512, description="per model turn")
-    max_total_tokens: int = Field(2048, description="whole episode: prompt + model + observations")
+    max_total_tokens: MaxTotalTokens = MAX_TOTAL_TOKENS
     seed: int | None = None
 
 
@@ -89,7 +92,7 @@ class Trajectory(BaseModel):
     calls: list[SandboxCall] = Field(default_factory=list)
     answer: str | None = None
     correct: bool | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: EpisodeEnd | None = None
     model_version: str = ""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     timings: Timings = Field(default_factory=Timings)

@@ -38,6 +38,8 @@ from agent.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
+REDIS_PREFIX = "mathagent"  # the default key prefix (MATHAGENT_REDIS_PREFIX)
+
 DEDUPE_TTL_S = 30 * 24 * 3600
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -95,7 +97,7 @@ class TrajectoryLog:
         redis_url: str,
         spool_dir: Path,
         *,
-        prefix: str = "mathagent",
+        prefix: str = REDIS_PREFIX,
         maxlen: int | None = None,
         retry_interval_s: float = 1.0,
     ) -> None:

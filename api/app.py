@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -20,14 +21,16 @@ from api.settings import GatewaySettings
 from api.state import AppState
 from api.swap import SwapManager
 from api.swap_backends import Backend, TransformersBackend, VersionSource, VLLMBackend, load_weights
+from trainer.registry import CorruptVersionError, Registry
+
+if TYPE_CHECKING:
+    from agent.engines.base import VersionedEngine
 
 log = logging.getLogger("mathagent.api")
 
 
-def registry_of(settings: GatewaySettings):  # type: ignore[no-untyped-def]
+def registry_of(settings: GatewaySettings) -> Registry:
     """The model version registry the trainer publishes into (``<state_dir>/registry``)."""
-    from trainer.registry import Registry
-
     return Registry(settings.registry_path)
 
 
@@ -39,7 +42,7 @@ def base_source(settings: GatewaySettings) -> VersionSource:
     return VersionSource(version=resolved.version, path=resolved.path, kind="full", in_registry=False)
 
 
-def build_engine(settings: GatewaySettings):  # type: ignore[no-untyped-def]
+def build_engine(settings: GatewaySettings) -> VersionedEngine:
     """The inference engine the settings name: in-process transformers, or a vLLM server.
 
     The in-process engine starts on the registry's active version when there is one (checksums
@@ -59,8 +62,6 @@ def build_engine(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     active = registry.active()
     if active is None:
         return TransformersEngine.from_path(resolved.path, resolved.version, threads=settings.torch_threads)
-    from trainer.registry import CorruptVersionError
-
     try:
         manifest = registry.verify(active)
     except CorruptVersionError as exc:
@@ -72,29 +73,24 @@ def build_engine(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     return TransformersEngine(model, modelstore.load_tokenizer(resolved.path), active, threads=settings.torch_threads)
 
 
-def build_swap(settings: GatewaySettings, engine: object, metrics: Metrics, *, base: VersionSource | None) -> SwapManager:
+def build_swap(settings: GatewaySettings, engine: VersionedEngine, metrics: Metrics, *,
+               base: VersionSource | None) -> SwapManager:
     """The hot-swap state machine over ``engine`` (either kind) and the registry."""
     from agent.engines.openai_http import OpenAIHTTPEngine
+    from agent.engines.transformers_engine import TransformersEngine
 
-    backend: Backend = VLLMBackend(engine) if isinstance(engine, OpenAIHTTPEngine) else TransformersBackend(
-        engine, settings.state_dir)
+    backend: Backend
+    if isinstance(engine, OpenAIHTTPEngine):
+        backend = VLLMBackend(engine)
+    elif isinstance(engine, TransformersEngine):
+        backend = TransformersBackend(engine, settings.state_dir)
+    else:
+        raise TypeError(f"no hot-swap backend for {type(engine).__name__}")
     return SwapManager(engine, backend, registry_of(settings), base=base, metrics=metrics)
 
 
-def solver_settings(settings: GatewaySettings):  # type: ignore[no-untyped-def]
-    from agent.solver import SolverSettings
-
-    return SolverSettings(
-        max_turns=settings.max_turns,
-        max_new_tokens=settings.max_new_tokens,
-        max_total_tokens=settings.max_total_tokens,
-        sandbox_timeout_s=settings.sandbox_timeout_s,
-        max_samples=settings.max_samples,
-        max_revisions=settings.max_revisions,
-    )
-
-
-async def build_state(settings: GatewaySettings, *, engine: object | None = None, load_engine: bool = True) -> AppState:
+async def build_state(settings: GatewaySettings, *, engine: VersionedEngine | None = None,
+                      load_engine: bool = True) -> AppState:
     """Connect every component. ``engine``: use this one (tests); else load the configured model."""
     from agent.solver import Solver
     from agent.trajlog import TrajectoryLog
@@ -106,23 +102,24 @@ async def build_state(settings: GatewaySettings, *, engine: object | None = None
     built_here = engine is None and load_engine
     if built_here:
         engine = await asyncio.to_thread(build_engine, settings)
-        log.info("model %s loaded (version %s)", settings.model, engine.model_version)  # type: ignore[attr-defined]
+        log.info("model %s loaded (version %s)", settings.model, engine.model_version)
     state.engine = engine
     if engine is not None:
-        state.solver = Solver(engine, state.sandbox, state.trajectory_log, solver_settings(settings))  # type: ignore[arg-type]
+        state.solver = Solver(engine, state.sandbox, state.trajectory_log, settings.solver_settings())
         # the configured model, a rollback target outside the registry (an engine handed in by a
         # caller, as in tests, is not assumed to be it)
         base = await asyncio.to_thread(base_source, settings) if built_here else None
         state.swap = build_swap(settings, engine, state.metrics, base=base)
         await start_swap(state)
-        state.metrics.set_version(str(engine.model_version))  # type: ignore[attr-defined]
+        state.metrics.set_version(str(engine.model_version))
     state.tasks.append(asyncio.create_task(state.trajectory_log.run_replayer()))
     return state
 
 
 async def start_swap(state: AppState) -> None:
     """Bring a vLLM server to the registry's active version (the in-process engine loads it directly)."""
-    swap: SwapManager = state.swap
+    swap = state.swap
+    assert swap is not None
     swap._mark_serving()
     if not isinstance(swap.backend, VLLMBackend) or swap.registry is None:
         return

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from agent.trajectory import FinishReason, Mode, Trajectory
+from agent.trajectory import EpisodeEnd, Mode, Trajectory
 from sandbox.result import ExecResult
 
 HARD_MAX_CHARS = 100_000
@@ -82,7 +82,7 @@ class SolveResponse(BaseModel):
     trajectory_ids: list[str] = Field(description="every trajectory of this solve")
     model_version: str
     mode: Mode
-    finish_reason: FinishReason | None = None
+    finish_reason: EpisodeEnd | None = None
     text: str = Field(description="the model's response with its code and output blocks, as the model saw them")
     calls: list[CallOut]
     elapsed_ms: float
@@ -133,7 +133,7 @@ class AnswerEv(_Ev):
 
 class EpisodeDoneEv(_Ev):
     type: Literal["episode_done"] = "episode_done"
-    finish_reason: FinishReason | None
+    finish_reason: EpisodeEnd | None
     answer: str | None
     correct: bool | None
 

@@ -16,8 +16,17 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from agent.events import AnswerEvent, CodeCell, EpisodeDone, EpisodeStart, SandboxOutput, TextDelta
-from agent.solver import SolveDone, SolveError, SolveResult
+from agent.events import (
+    AnswerEvent,
+    CodeCell,
+    EpisodeDone,
+    EpisodeStart,
+    SandboxOutput,
+    SolveDone,
+    SolveResult,
+    TextDelta,
+)
+from agent.solver import SolveError
 from agent.trajectory import Mode, SegmentKind, Trajectory
 from api.errors import ApiError
 from api.limits import client_key

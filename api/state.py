@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -13,16 +13,23 @@ from api.limits import RateLimiter
 from api.metrics import Metrics
 from api.settings import GatewaySettings
 
+if TYPE_CHECKING:
+    from agent.engines.base import VersionedEngine
+    from agent.solver import Solver
+    from agent.trajlog import TrajectoryLog
+    from api.swap import SwapManager
+    from sandbox.client import SandboxClient
+
 
 @dataclass
 class AppState:
     settings: GatewaySettings
     redis: aioredis.Redis
-    sandbox: Any = None  # sandbox.client.SandboxClient
-    engine: Any = None  # agent.engines.base.Engine
-    trajectory_log: Any = None  # agent.trajlog.TrajectoryLog
-    solver: Any = None  # agent.solver.Solver (unpinned: solves go through solving.pinned_solver)
-    swap: Any = None  # api.swap.SwapManager (hot swap, version leases)
+    sandbox: SandboxClient | None = None
+    engine: VersionedEngine | None = None
+    trajectory_log: TrajectoryLog | None = None
+    solver: Solver | None = None  # unpinned: solves go through solving.pinned_solver
+    swap: SwapManager | None = None  # hot swap, version leases
     metrics: Metrics = field(default_factory=Metrics)
     limiter: RateLimiter | None = None
     idempotency: IdempotencyStore | None = None

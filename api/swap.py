@@ -38,10 +38,9 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 from agent import prompts
-from agent.engines.base import GenerationRequest
+from agent.engines.base import GenerationRequest, VersionedEngine
 from api.metrics import Metrics
 from api.swap_backends import Backend, VersionSource, VLLMBackend
 from api.versions import GoldenCheck, PhaseTiming, SwapRecord, VersionInfo, VersionsResponse
@@ -69,7 +68,7 @@ def holder_name() -> str:
 class SwapManager:
     def __init__(
         self,
-        engine: Any,
+        engine: VersionedEngine,
         backend: Backend,
         registry: Registry | None,
         *,

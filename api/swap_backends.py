@@ -10,7 +10,7 @@
   by ``model``; a ``full`` version replaces the base weights in place (``/pause?mode=wait&
   clear_cache=true`` -> ``collective_rpc reload_weights`` -> ``/update_weight_version`` ->
   ``/resume``), which has one weight slot, so the swap manager drains first (see ``api.swap``).
-  Tested against :mod:`agent.engines.fake_vllm`: real vLLM cannot run on this project's machines.
+  Tested against :mod:`support.fake_vllm`: real vLLM cannot run on this project's machines.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ import gc
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.engines.base import GenerationRequest
+
+if TYPE_CHECKING:
+    from agent.engines.openai_http import OpenAIHTTPEngine
+    from agent.engines.transformers_engine import TransformersEngine
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def load_weights(source: VersionSource, state_dir: Path) -> Any:
 class TransformersBackend:
     """Two (or more) resident models in the in-process engine."""
 
-    def __init__(self, engine: Any, state_dir: Path) -> None:
+    def __init__(self, engine: TransformersEngine, state_dir: Path) -> None:
         self.engine = engine
         self.state_dir = state_dir
 
@@ -81,7 +85,7 @@ class TransformersBackend:
 class VLLMBackend:
     """Blue/green LoRA adapters, or in-place full-weight reloads, on a vLLM server."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: OpenAIHTTPEngine) -> None:
         self.engine = engine
         self.adapters: dict[str, str] = {}  # version -> adapter name loaded on the server
         self.base_slot = str(engine.model_version)  # the version the server's base weights are

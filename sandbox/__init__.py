@@ -46,6 +46,6 @@ refuses to start without the full set.
 
 Layout: ``supervisor`` (pool, sessions, limits), ``zygote`` (forks workers), ``isolation`` (the
 confinement steps), ``prefault`` (a fresh worker's page faults paid before it joins the pool),
-``harness`` (runs cells inside a worker), ``service``/``client`` (HTTP), ``testing.running_sandbox``
-(a real service for tests), ``bench`` (``mathagent bench sandbox``).
+``harness`` (runs cells inside a worker), ``service``/``client`` (HTTP), ``local.local_service``
+(a private service for one command or test run); the benchmark is ``mathagent bench sandbox``.
 """

@@ -1,22 +1,34 @@
-"""Settings of the sandbox service (env prefix ``MATHAGENT_SANDBOX_``), validated at start."""
+"""Settings of the sandbox service (env prefix ``MATHAGENT_SANDBOX_``), validated at start.
+
+Also the two path facts every mathagent process shares, stated here because the sandbox is the
+lowest layer that needs them: the default state directory and where in it the sandbox socket is.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+STATE_DIR = Path("~/.cache/mathagent")
+"""The default of ``MATHAGENT_STATE_DIR``: model cache, logs, spool, private Redis data, the socket."""
+SOCKET_NAME = "sandbox.sock"
 
-def _state_dir() -> Path:
-    return Path(os.environ.get("MATHAGENT_STATE_DIR") or Path.home() / ".cache" / "mathagent").expanduser()
+
+def socket_url(state_dir: Path) -> str:
+    """The default sandbox address of a state directory: ``unix://<state_dir>/sandbox.sock``."""
+    return f"unix://{state_dir.expanduser() / SOCKET_NAME}"
 
 
 class SandboxSettings(BaseSettings):
+    """Settings of the sandbox service (``python -m sandbox serve``)."""
+
     model_config = SettingsConfigDict(env_prefix="MATHAGENT_SANDBOX_", extra="ignore", populate_by_name=True)
 
     url: str = Field("", description="unix:///abs/path.sock or http://127.0.0.1:PORT; default unix://<state_dir>/sandbox.sock")
+    state_dir: Path = Field(STATE_DIR, validation_alias=AliasChoices("MATHAGENT_STATE_DIR", "state_dir"),
+                            description="where the default socket lives (MATHAGENT_STATE_DIR)")
     dev: bool = Field(False, validation_alias=AliasChoices("MATHAGENT_DEV", "MATHAGENT_SANDBOX_DEV"))
     strict: bool | None = Field(None, description="refuse to start without every protection; default: not dev")
 
@@ -43,6 +55,11 @@ class SandboxSettings(BaseSettings):
                           "sandbox.prefault); nothing is computed or cached for user code")
     uid_base: int | None = Field(None, ge=1000, description="first slot uid; default: random per instance")
 
+    @field_validator("state_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
     @model_validator(mode="after")
     def _check(self) -> SandboxSettings:
         if self.max_timeout_s < self.timeout_s:
@@ -59,4 +76,4 @@ class SandboxSettings(BaseSettings):
 
     @property
     def resolved_url(self) -> str:
-        return self.url or f"unix://{_state_dir() / 'sandbox.sock'}"
+        return self.url or socket_url(self.state_dir)

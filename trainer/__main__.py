@@ -3,23 +3,33 @@ training run (the child that ``accelerate launch`` starts, see :mod:`trainer.lau
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 
-USAGE = "usage: python -m trainer worker | python -m trainer train-run CONFIG.json"
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["worker"] and len(argv) == 1:
-        from trainer.worker import run_worker
+@app.callback()
+def _root() -> None:
+    """The mathagent trainer."""
 
-        return run_worker()
-    if argv[:1] == ["train-run"] and len(argv) == 2:
-        from trainer.launch import train_run_main
 
-        return train_run_main(argv[1])
-    print(USAGE, file=sys.stderr)
-    return 2
+@app.command()
+def worker() -> None:
+    """Run the arq worker that runs retrain jobs (settings from MATHAGENT_* environment variables)."""
+    from trainer.worker import run_worker
+
+    raise typer.Exit(run_worker())
+
+
+@app.command("train-run")
+def train_run(config: Path = typer.Argument(..., help="the TrainConfig JSON that trainer.launch wrote")) -> None:
+    """One training run (what `accelerate launch` starts in each process)."""
+    from trainer.launch import train_run_main
+
+    raise typer.Exit(train_run_main(str(config)))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    app()

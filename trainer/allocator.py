@@ -4,9 +4,8 @@ PyTorch's CPU tensors come straight from ``malloc``. glibc serves big blocks wit
 returns them on free, and trims the heap top, so each training step maps, page-faults and
 unmaps its activations again: gigabytes of fresh page faults per step. Where page faults are
 expensive (virtual machines, sandboxed kernels such as this project's CI hosts) that dominates
-the step: measured on SmolLM2, one forward + backward of 4 pairs took 22-43 s as is and 3.5 s
-with the settings below. They keep freed blocks for reuse: blocks up to 32 MiB come from the
-heap, which is never trimmed. The cost: the process's RSS stays at its high-water mark
+the step (README, "Measurements behind the design"). The settings below keep freed blocks for
+reuse: blocks up to 32 MiB come from the heap, which is never trimmed. The cost: the process's RSS stays at its high-water mark
 instead of shrinking after it (the peak itself does not grow).
 
 ``mallopt`` through ctypes because no library exposes it; the same settings can be given to

@@ -7,16 +7,17 @@ small-model or LoRA runs should raise it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainer.losses import LOSS_TYPES
+from agent.limits import MAX_TOTAL_TOKENS
+from agent.modelstore import EMBEDDED_SPEC
+from sandbox.settings import STATE_DIR
 
-
-def _default_state_dir() -> Path:
-    return Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()
+LossType = Literal["dpo", "dpo+nll", "ipo", "kto", "sft", "srpo"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 class TrainConfig(BaseModel):
@@ -24,13 +25,13 @@ class TrainConfig(BaseModel):
 
     pairs: Path = Field(description="pairs JSONL written by `mathagent pairs`")
     out: Path = Field(description="output directory: the HF checkpoint, curves.jsonl, resumable state")
-    model: str = Field("smollm2", description="policy to start from: 'smollm2', a checkpoint directory or a hub id")
+    model: str = Field(EMBEDDED_SPEC, description="policy to start from: 'smollm2', a checkpoint directory or a hub id")
     ref_model: str | None = Field(
         None,
         description="fixed reference model spec; None = the starting policy (previous iteration, the default)",
     )
-    state_dir: Path = Field(default_factory=_default_state_dir, description="where model specs are cached")
-    loss: str = Field("dpo+nll", description=f"one of {', '.join(LOSS_TYPES)}")
+    state_dir: Path = Field(STATE_DIR, description="where model specs are cached (MATHAGENT_STATE_DIR)")
+    loss: LossType = Field("dpo+nll", description="the training loss")
     beta: float = Field(0.1, gt=0, description="DPO / IPO / KTO / SRPO temperature (eta in M-DPO)")
     alpha: float = Field(
         1.0, ge=0, description="dpo+nll: NLL coefficient; srpo: weight of the self-improvement loss (convex, <= 1)"
@@ -46,7 +47,7 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps of linear warm-up before the cosine decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    max_length: int = Field(2048, ge=16, description="longer sequences lose their tail (never the prompt)")
+    max_length: int = Field(MAX_TOTAL_TOKENS, ge=16, description="longer sequences lose their tail (never the prompt)")
     lora: bool = Field(False, description="train a LoRA adapter (PEFT), merged into the saved checkpoint")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
@@ -58,6 +59,11 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(0, ge=0, description="save resumable state every N optimizer steps (0 = only at the end)")
     resume: bool = Field(False, description="continue from <out>/state if it exists")
     progress: bool = Field(True, description="show a progress bar")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

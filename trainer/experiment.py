@@ -39,7 +39,6 @@ is kept, so a rerun with more budget continues it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -48,9 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.datasets import Problem
+from agent.modelstore import EMBEDDED_SPEC
+from agent.runtime import Resources
+from agent.tasks import LEVELS
 from agent.trajectory import Mode
 from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, plot_curves
 from trainer.runstate import write_json_durable
@@ -66,35 +68,104 @@ WARMUP = "warmup"  # RowSpec.start / ref: the warm-up row's model (the base mode
 
 
 class ExperimentConfig(BaseModel):
-    """Everything that decides what the rows compute (the budget does not: it only bounds time)."""
+    """Everything that decides what the rows compute (the budget does not: it only bounds time).
+
+    The defaults are the cpu scale (the embedded model on a 2-core machine, every row of a
+    family within the budget); :data:`SCALES` and :data:`FAMILY_SCALES` state what the gpu scale
+    and each family change. The command line takes its options from these fields.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     family: Family
-    dataset: str = Field("tasks", description="tasks (graded family), synthetic, gsm8k or math")
-    data_dir: Path | None = None
-    levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="tasks: difficulty levels")
-    model: str = Field("smollm2", description="model spec: smollm2, a checkpoint directory or a hub id")
-    train_limit: int = Field(32, ge=1)
-    eval_limit: int = Field(32, ge=1)
-    samples: int = Field(4, ge=2, description="rollouts per training prompt (IRPO's N)")
-    maj_k: int = Field(4, ge=2, description="samples of the zero-shot maj@k row")
+    dataset: str = Field("tasks", description="tasks (graded synthetic family), synthetic, gsm8k or math")
+    data_dir: Path | None = Field(None, description="folder with gsm8k/ and math/ JSONL")
+    levels: list[int] = Field(default_factory=lambda: list(LEVELS), description="tasks: difficulty levels, e.g. 1-3 "
+                              "or 1,2,5")
+    model: str = Field(EMBEDDED_SPEC, description="model spec: smollm2, a checkpoint directory or a hub id")
+    train_limit: int = Field(32, ge=1, description="training problems")
+    eval_limit: int = Field(40, ge=1, description="held-out problems every row is measured on")
+    samples: int = Field(4, ge=2, description="rollouts per training problem (IRPO's N)")
+    maj_k: int = Field(4, ge=2, description="samples of the maj@k rows")
     temperature: float = Field(0.8, ge=0, description="rollout and maj@k temperature")
     pairs_k: int = Field(2, ge=1, description="IRPO pairs per problem (K)")
-    max_turns: int = Field(2, ge=1, description="tool calls per episode (every row: rollouts and evaluation)")
-    max_new_tokens: int = Field(128, ge=16, description="tokens per model turn (a gold task turn takes ~60)")
-    warmup: bool = Field(True, description="preference rows start from the SFT-on-gold row's model")
+    max_turns: int = Field(2, ge=1, description="tool calls per episode in every row (rollouts and evaluation)")
+    max_new_tokens: int = Field(128, ge=16, description="tokens per model turn (a gold task turn takes about 60)")
+    warmup: bool = Field(True, description="preference rows start from the SFT-on-gold model")
     warmup_lr: float = Field(1e-5, gt=0, description="learning rate of the SFT rows (warm-up, STaR, RAFT)")
     warmup_epochs: int = Field(4, ge=1, description="epochs of the SFT-on-gold warm-up over its gold trajectories")
-    lr: float = Field(1e-6, gt=0, description="learning rate of the preference rows (the cpu scale sets 5e-6)")
-    beta: float = Field(0.1, gt=0)
-    alpha: float = Field(1.0, ge=0)
+    lr: float = Field(5e-6, gt=0, description="learning rate of the preference rows")
+    beta: float = Field(0.1, gt=0, description="DPO temperature")
+    alpha: float = Field(1.0, ge=0, description="NLL coefficient of DPO+NLL")
     epochs: int = Field(1, ge=1, description="epochs over the pairs of the preference and STaR / RAFT rows")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per training")
-    batch_size: int = Field(4, ge=1)
-    max_length: int = Field(1024, ge=16)
-    concurrency: int = Field(8, ge=1)
-    seed: int = 0
+    batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
+    max_length: int = Field(1024, ge=16, description="tokens per training sequence at most")
+    concurrency: int = Field(8, ge=1, description="problems in flight during rollouts and evaluation")
+    seed: int = Field(0, description="data and sampling seed")
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels(cls, v: object) -> object:
+        if isinstance(v, str):
+            from agent.tasks import parse_levels
+
+            try:
+                return parse_levels(v)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+
+Scale = Literal["cpu", "gpu"]
+BUDGET_MINUTES = 110.0  # the wall-time bound of one invocation at either scale
+# What a scale changes from the defaults above. gpu: more problems and samples for tighter
+# intervals, more steps at the usual DPO learning rate (on cpu a preference row trains ~16 steps:
+# at 1e-6 DPO's loss barely moved and the accuracy not at all, hence the cpu default 5e-6).
+SCALES: dict[Scale, dict[str, Any]] = {
+    "cpu": {},
+    "gpu": {"train_limit": 256, "eval_limit": 250, "samples": 8, "maj_k": 8, "lr": 1e-6},
+}
+# What a family changes at a scale. The warm-up must converge before the other rows are compared
+# with it (README, "Does it learn?"): the irpo warm-up gets 8 epochs. M-DPO pairs only the model's
+# own samples, one correct and one incorrect per problem: the mdpo family takes easier levels, more
+# samples and smaller batches (more warm-up steps).
+FAMILY_SCALES: dict[tuple[Scale, Family], dict[str, Any]] = {
+    ("cpu", "irpo"): {"warmup_epochs": 8},
+    ("cpu", "mdpo"): {"levels": [1, 2, 3], "samples": 8, "batch_size": 2},
+}
+
+
+def resolve_scale(scale: Scale | Literal["auto"]) -> Scale:
+    """``auto``: gpu when CUDA is available."""
+    if scale != "auto":
+        return scale
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def scale_defaults(scale: Scale, family: Family) -> dict[str, Any]:
+    """The fields a scale and family set (an explicitly given option wins over them)."""
+    return {**SCALES[scale], **FAMILY_SCALES.get((scale, family), {})}
+
+
+def experiment_config(family: Family, scale: Scale, **given: Any) -> ExperimentConfig:
+    """The config of ``family`` at ``scale``: the defaults, what the scale changes, what was given."""
+    return ExperimentConfig(family=family, **{**scale_defaults(scale, family), **given})
+
+
+def preset_help() -> dict[str, str]:
+    """Per field, the values the scales and families set instead of the default (for --help)."""
+    notes: dict[str, list[str]] = {}
+    for scale, values in SCALES.items():
+        for name, value in values.items():
+            notes.setdefault(name, []).append(f"{scale} {value}")
+    for (scale, family), values in FAMILY_SCALES.items():
+        for name, value in values.items():
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            notes.setdefault(name, []).append(f"{scale} {family} {shown}")
+    return {name: "; ".join(v) for name, v in notes.items()}
 
 
 class ExperimentError(ValueError):
@@ -180,7 +251,7 @@ def experiment_split(config: ExperimentConfig, settings: TrainerSettings) -> tup
     return split.train, split.heldout
 
 
-ProgressFn = Callable[[str, int, int], None]
+ShowProgress = Callable[[str, int, int], None]  # (what is happening, done, total): the experiment's progress line
 
 
 def _no_progress(_: str, __: int, ___: int) -> None:
@@ -198,7 +269,7 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *,
                  budget_s: float | None = None, rows: list[str] | None = None,
-                 progress: ProgressFn = _no_progress) -> None:
+                 progress: ShowProgress = _no_progress) -> None:
         from trainer.registry import Registry
 
         names = [spec.name for spec in ROWS[config.family]]
@@ -213,8 +284,9 @@ class Experiment:
         self.progress = progress
         self._check_config()
         self.registry = Registry(self.dir / "registry")
-        self._stack = contextlib.AsyncExitStack()
-        self._sandbox: Any = None
+        self.resources = Resources(settings, solver_settings=settings.solver_settings().model_copy(update={
+            "sample_temperature": config.temperature, "max_turns": config.max_turns,
+            "max_new_tokens": config.max_new_tokens}))
         self._split: tuple[list[Problem], list[Problem]] | None = None
 
     # -- the run directory ----------------------------------------------------------------------
@@ -247,27 +319,6 @@ class Experiment:
         if self._split is None:
             self._split = experiment_split(self.config, self.settings)
         return self._split
-
-    async def sandbox(self) -> Any:
-        if self._sandbox is None:
-            from agent.runtime import open_sandbox
-
-            self._sandbox, note = await self._stack.enter_async_context(open_sandbox(self.settings))
-            log.info("%s", note)
-        return self._sandbox
-
-    def solver_settings(self) -> Any:
-        from agent.runtime import solver_settings
-
-        return solver_settings(self.settings).model_copy(update={
-            "sample_temperature": self.config.temperature, "max_turns": self.config.max_turns,
-            "max_new_tokens": self.config.max_new_tokens})
-
-    async def engine(self, path: Path, version: str) -> Any:
-        from agent.engines.transformers_engine import TransformersEngine
-
-        return await asyncio.to_thread(TransformersEngine.from_path, path, version=version,
-                                       threads=self.settings.torch_threads)
 
     def base(self) -> tuple[Path, str]:
         from agent.modelstore import resolve
@@ -338,7 +389,7 @@ class Experiment:
                     self._cleanup(spec.name)
                 rows.append(result)
         finally:
-            await self._stack.aclose()
+            await self.resources.aclose()
         plot_curves(rows, self.dir, self.dir / "plots")
         write_json_durable(self.dir / "summary.json",
                            "[" + ",".join(r.model_dump_json() for r in rows) + "]")
@@ -391,8 +442,8 @@ class Experiment:
         if cache.is_file():
             report = EvalReport.model_validate_json(cache.read_text())
         else:
-            sandbox = await self.sandbox()
-            engine = await self.engine(path, version)
+            sandbox = await self.resources.sandbox()
+            engine = await self.resources.engine(path, version)
             count = 0
 
             def on_done(_: object) -> None:
@@ -400,7 +451,7 @@ class Experiment:
                 count += 1
                 self.progress(f"{spec.label}: greedy + maj@{self.config.maj_k}", count, len(heldout))
 
-            settings = self.solver_settings()
+            settings = self.resources.solver_settings()
             if spec.mode is Mode.cot:
                 settings = settings.model_copy(update={"max_new_tokens": self.config.max_turns * self.config.max_new_tokens})
             try:
@@ -442,8 +493,8 @@ class Experiment:
             tokenizer = await asyncio.to_thread(load_tokenizer, path)
             ops = TokenizerOps()
             ops.tokenizer = tokenizer
-            sandbox = await self.sandbox()
-            max_turns = self.solver_settings().max_turns
+            sandbox = await self.resources.sandbox()
+            max_turns = self.resources.solver_settings().max_turns
             pairs = []
             for n, p in enumerate(train, 1):
                 ids = ops.chat_prefix(prompts.messages(prompts.user_message(p.problem, p.mode, max_turns=max_turns)))
@@ -485,11 +536,11 @@ class Experiment:
         start_path, start, parent = self.model_of(spec.start)
         t0 = time.monotonic()
         rollouts_path = self.rollouts_path(spec)
-        sandbox = await self.sandbox()
-        engine = await self.engine(start_path, start.split()[-1])
+        sandbox = await self.resources.sandbox()
+        engine = await self.resources.engine(start_path, start.split()[-1])
         try:
             tokenizer = await asyncio.to_thread(load_tokenizer, start_path)
-            solver = Solver(engine, sandbox, None, self.solver_settings())
+            solver = Solver(engine, sandbox, None, self.resources.solver_settings())
 
             async def on_done(done: int, total: int) -> None:
                 self.progress(f"{spec.label}: rollouts from {start}", done, total)
@@ -634,15 +685,15 @@ class Experiment:
         if cache.is_file():
             return EvalReport.model_validate_json(cache.read_text())
         _, heldout = self.split()
-        sandbox = await self.sandbox()
-        engine = await self.engine(path, version)
+        sandbox = await self.resources.sandbox()
+        engine = await self.resources.engine(path, version)
 
         async def on_done(done: int, total: int) -> None:
             self.progress(f"{spec.label}: evaluating {version}", done, total)
 
         try:
             report = await evaluate_engine(engine, sandbox, heldout, dataset=self.config.dataset,
-                                           settings=self.solver_settings(), concurrency=self.config.concurrency,
+                                           settings=self.resources.solver_settings(), concurrency=self.config.concurrency,
                                            on_done=on_done)
         finally:
             await engine.aclose()
@@ -666,7 +717,7 @@ class Experiment:
 
 async def run_experiment(config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *,
                          budget_s: float | None = None, rows: list[str] | None = None,
-                         progress: ProgressFn = _no_progress) -> list[RowResult]:
+                         progress: ShowProgress = _no_progress) -> list[RowResult]:
     """Run (or resume) the experiment in ``run_dir``; returns every row (done, skipped or failed).
     ``rows`` limits the run to those rows (the others are reported as not selected)."""
     return await Experiment(config, run_dir, settings, budget_s=budget_s, rows=rows, progress=progress).run()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from agent.trajectory import FinishReason, Mode, SandboxCall, Segment, SegmentKind, Source, Trajectory
+from agent.trajectory import EpisodeEnd, Mode, SandboxCall, Segment, SegmentKind, Source, Trajectory
 from sandbox.result import ExecResult, ExecStatus
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def gold_trajectory(
         segments=segments,
         answer=gold,
         correct=True,
-        finish_reason=FinishReason.answer,
+        finish_reason=EpisodeEnd.answer,
         # the gold code did run (in the sandbox, by the caller): record it like an agent's call
         calls=[] if code is None else [SandboxCall(turn=1, code=code.strip(),
                                                    result=ExecResult(status=ExecStatus.ok, stdout=code_output or ""))],

@@ -26,7 +26,6 @@ staging directories are removed at start).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -38,8 +37,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from agent.datasets import Problem
-from agent.engines.base import Engine
 from agent.evaluate import EvalReport
+from agent.runtime import Resources
 from trainer.collect import IterPrompt, dataset_split, from_problem, logged_prompts
 from trainer.gate import GateResult, decide, evaluate_engine, golden_prompts
 from trainer.progress import Phase, Progress, ProgressFn, ignore_progress
@@ -155,28 +154,7 @@ class Driver:
         self.run_id = run_id
         self.registry = Registry(settings.registry_path)
         self.rep = _Reporter(progress, recipe.iterations)
-        self._stack = contextlib.AsyncExitStack()
-        self._sandbox: Any = None
-
-    # -- resources ------------------------------------------------------------------------------
-    async def sandbox(self) -> Any:
-        if self._sandbox is None:
-            from agent.runtime import open_sandbox
-
-            self._sandbox, note = await self._stack.enter_async_context(open_sandbox(self.settings))
-            log.info("%s", note)
-        return self._sandbox
-
-    async def engine(self, path: Path, version: str) -> Engine:
-        from agent.engines.transformers_engine import TransformersEngine
-
-        return await asyncio.to_thread(TransformersEngine.from_path, path, version=version,
-                                       threads=self.settings.torch_threads)
-
-    def solver_settings(self) -> Any:
-        from agent.runtime import solver_settings
-
-        return solver_settings(self.settings)
+        self.resources = Resources(settings)
 
     # -- the run --------------------------------------------------------------------------------
     async def run(self) -> RunOutcome:
@@ -196,7 +174,7 @@ class Driver:
                     status = outcome.status
                     break
         finally:
-            await self._stack.aclose()
+            await self.resources.aclose()
         result = RunOutcome(run_id=self.run_id, status=status, iterations=outcomes, active_before=active_before,
                             active_after=self.registry.active())
         self.rd.finish(result.model_dump(mode="json"))
@@ -285,11 +263,11 @@ class Driver:
         d = self.rd.iter_dir(i)
         prompts = _read_jsonl(d / "prompts.jsonl", IterPrompt)
         await self.rep.set(phase=Phase.rollouts, done=0, total=len(prompts))
-        sandbox = await self.sandbox()
-        engine = await self.engine(Path(base["path"]), base["version"])
+        sandbox = await self.resources.sandbox()
+        engine = await self.resources.engine(Path(base["path"]), base["version"])
         try:
             tokenizer = await asyncio.to_thread(load_tokenizer, Path(base["path"]))
-            solver = Solver(engine, sandbox, None, self.solver_settings())
+            solver = Solver(engine, sandbox, None, self.resources.solver_settings())
 
             async def on_done(done: int, total: int) -> None:
                 await self.rep.set(done=done, total=total)
@@ -362,15 +340,15 @@ class Driver:
         if cache.is_file():
             return EvalReport.model_validate_json(cache.read_text())
         await self.rep.set(phase=Phase.eval, done=0, total=len(heldout), message=f"evaluating {label}")
-        sandbox = await self.sandbox()
-        engine = await self.engine(path, version)
+        sandbox = await self.resources.sandbox()
+        engine = await self.resources.engine(path, version)
 
         async def on_done(done: int, total: int) -> None:
             await self.rep.set(done=done, total=total)
 
         try:
             report = await evaluate_engine(engine, sandbox, heldout, dataset=self.recipe.dataset,
-                                           settings=self.solver_settings(), concurrency=self.recipe.concurrency,
+                                           settings=self.resources.solver_settings(), concurrency=self.recipe.concurrency,
                                            on_done=on_done)
             if label == "candidate":
                 golden = await golden_prompts(engine, heldout)

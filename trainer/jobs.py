@@ -21,16 +21,25 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
+from arq.constants import default_queue_name
 from pydantic import BaseModel, Field
 
+from agent.trajlog import REDIS_PREFIX
 from trainer.progress import Progress
 from trainer.recipe import RetrainRequest
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
-DEFAULT_PREFIX = "mathagent:trainer"
-DEFAULT_QUEUE = "arq:queue"
+
+
+def jobs_prefix(redis_prefix: str) -> str:
+    """Where job records live: ``<redis prefix>:trainer`` (``:job:<id>``, ``:jobs``, ...)."""
+    return f"{redis_prefix}:trainer"
+
+
+DEFAULT_PREFIX = jobs_prefix(REDIS_PREFIX)  # where jobs live with the default MATHAGENT_REDIS_PREFIX
+DEFAULT_QUEUE = default_queue_name
 RETRAIN_FUNCTION = "retrain"
 
 JobState = Literal["queued", "running", "succeeded", "rejected", "no_pairs", "failed"]

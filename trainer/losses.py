@@ -17,13 +17,11 @@ not there at all.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-LossType = Literal["dpo", "dpo+nll", "ipo", "kto", "sft", "srpo"]
-LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 PAIR_LOSSES = ("dpo", "dpo+nll", "ipo", "kto")
 
 

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from agent.trajectory import Feedback, FinishReason, Mode, Source, Trajectory
+from agent.trajectory import EpisodeEnd, Feedback, Mode, Source, Trajectory
 from sandbox.result import ExecStatus
 from trainer.examples import Example, example_from_trajectory, segments_check
 
@@ -160,7 +160,7 @@ def mdpo_filter(traj: Trajectory, max_length: int | None) -> str | None:
     """The official M-DPO data filters; the name of the first that rejects ``traj``, or None."""
     if traj.n_tool_calls == 0:
         return "no_tool_call"
-    if traj.finish_reason is FinishReason.turn_limit:
+    if traj.finish_reason is EpisodeEnd.turn_limit:
         return "turn_limit"
     if traj.calls and traj.calls[-1].result.status is not ExecStatus.ok:
         return "final_turn_interpreter_error"

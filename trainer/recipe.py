@@ -8,13 +8,25 @@ file, so a resumed run does exactly what it started to do.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from trainer.settings import TrainerSettings, parse_temperatures
+if TYPE_CHECKING:
+    from trainer.settings import TrainerSettings
 
 TRAIN_DATASETS = ("synthetic", "gsm8k", "math")
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """``"0.8,0.8,1.3"`` -> [0.8, 0.8, 1.3]; a clear error for anything else."""
+    try:
+        temps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"temperatures must be comma-separated numbers, not {text!r}") from None
+    if not temps or any(t < 0 for t in temps):
+        raise ValueError(f"temperatures must be one or more non-negative numbers, not {text!r}")
+    return temps
 
 
 class RetrainRequest(BaseModel):
@@ -22,17 +34,28 @@ class RetrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    iterations: int = Field(1, ge=1, le=100)
-    dataset: str | None = None
-    data_dir: Path | None = None
-    train_limit: int | None = Field(None, ge=1)
-    eval_limit: int | None = Field(None, ge=1)
-    samples: int | None = Field(None, ge=2, le=64)
-    temperatures: list[float] | None = None
-    tolerance: float | None = None
-    max_steps: int | None = Field(None, ge=1)
+    iterations: int = Field(1, ge=1, le=100, description="iterations T (each: rollouts, pairs, train, gate, publish, "
+                            "deploy)")
+    dataset: str | None = Field(None, description=f"training set: {', '.join(TRAIN_DATASETS)} "
+                                "(default MATHAGENT_RETRAIN_DATASET)")
+    data_dir: Path | None = Field(None, description="folder with gsm8k/ and math/ JSONL (default MATHAGENT_DATA_DIR, "
+                                  "else the hub)")
+    train_limit: int | None = Field(None, ge=1, description="training prompts (default MATHAGENT_TRAIN_LIMIT)")
+    eval_limit: int | None = Field(None, ge=1, description="held-out problems of the gate (default "
+                                   "MATHAGENT_EVAL_LIMIT)")
+    samples: int | None = Field(None, ge=2, le=64, description="rollouts per prompt N (default MATHAGENT_SAMPLES)")
+    temperatures: list[float] | None = Field(None, max_length=100, description="rollout temperature per iteration, "
+                                             "e.g. 0.8,0.8,1.3 (default MATHAGENT_TEMPERATURES)")
+    tolerance: float | None = Field(None, ge=-1, le=1, description="promote when candidate >= current - tolerance; "
+                                    "negative: it must be better by that much (default MATHAGENT_TOLERANCE)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per iteration")
     use_logged: bool = Field(True, description="add prompts from logged, labelled trajectories")
-    seed: int = 0
+    seed: int = Field(0, description="data and sampling seed")
+
+    @field_validator("temperatures", mode="before")
+    @classmethod
+    def _temperature_list(cls, v: object) -> object:
+        return parse_temperatures(v) if isinstance(v, str) else v
 
     @field_validator("dataset")
     @classmethod

@@ -1,33 +1,61 @@
 """Settings of the trainer process (``python -m trainer worker``, ``mathagent iterate``): one
 pydantic-settings object, env prefix ``MATHAGENT_``.
 
-It extends :class:`agent.settings.AgentSettings` because an iteration runs the agent itself
-(engine, sandbox, trajectory log, solver limits): the same variables mean the same thing in
-every process. The trainer's own knobs are the retrain recipe defaults (a job request may
-override them), the schedule, the gateway to deploy to, and the queue.
+:class:`ServiceSettings` is what the trainer worker and the gateway share (the version
+registry, the job queue, the admin token); it extends :class:`agent.settings.AgentSettings`
+because both run the agent itself (engine, sandbox, trajectory log, solver limits).
+:class:`TrainerSettings` adds the trainer's own knobs: the retrain recipe defaults (a job
+request may override them), the schedule and the gateway to deploy to.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from arq.constants import default_queue_name, health_check_key_suffix
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
 
 from agent.settings import AgentSettings
+from trainer.jobs import jobs_prefix
+from trainer.recipe import parse_temperatures
 
 
-class TrainerSettings(AgentSettings):
+class ServiceSettings(AgentSettings):
+    """Settings the gateway and the trainer worker share."""
+
+    registry_dir: Path | None = Field(None, description="the model version registry (default <state_dir>/registry)")
+    queue_name: str = Field(default_queue_name, description="arq queue of retrain jobs; its health-check key is "
+                            "<queue>:health-check")
+    admin_token: SecretStr = Field(SecretStr(""), description="bearer token of the gateway's /admin routes (the "
+                                   "trainer sends it with deploys); required by the gateway outside dev mode")
+
+    @field_validator("registry_dir")
+    @classmethod
+    def _expand_registry(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @property
+    def registry_path(self) -> Path:
+        """The model version registry, shared by the trainer and the gateway."""
+        return self.registry_dir or self.state_dir / "registry"
+
+    @property
+    def job_prefix(self) -> str:
+        return jobs_prefix(self.redis_prefix)
+
+    @property
+    def health_check_key(self) -> str:
+        """Written by the arq worker while it runs (arq's own key layout)."""
+        return self.queue_name + health_check_key_suffix
+
+
+class TrainerSettings(ServiceSettings):
     """Settings of the trainer worker and of `mathagent iterate`."""
-
-    model_config = SettingsConfigDict(env_prefix="MATHAGENT_", env_file=".env", extra="ignore")
 
     # -- where things go ------------------------------------------------------------------------
     runs_dir: Path | None = Field(None, description="one directory per retrain run (default <state_dir>/runs)")
-    registry_dir: Path | None = Field(None, description="the model version registry (default <state_dir>/registry)")
 
     # -- the queue ------------------------------------------------------------------------------
-    queue_name: str = Field("arq:queue", description="arq queue; its health-check key is <queue>:health-check")
     job_timeout_h: float = Field(48.0, gt=0, description="a retrain job is cancelled after this many hours")
     job_max_tries: int = Field(20, ge=1, description="starts of one job at most (a killed worker resumes it)")
     heartbeat_s: float = Field(5.0, gt=0, description="how often a running job refreshes its heartbeat")
@@ -39,7 +67,6 @@ class TrainerSettings(AgentSettings):
 
     # -- deploy ---------------------------------------------------------------------------------
     gateway_url: str = Field("", description="deploy through POST <url>/admin/deploy; empty = activate in the registry")
-    admin_token: SecretStr = Field(SecretStr(""), description="bearer token of the gateway's /admin routes")
 
     # -- recipe defaults (a retrain request may override each) ----------------------------------
     retrain_dataset: str = Field("synthetic", description="training set: synthetic, gsm8k or math")
@@ -65,7 +92,7 @@ class TrainerSettings(AgentSettings):
         None, ge=1, description="CPU threads of each training process (None: the cores divided among the processes)")
     rollout_concurrency: int = Field(8, ge=1, description="prompts in flight during rollouts and eval")
 
-    @field_validator("runs_dir", "registry_dir", "data_dir")
+    @field_validator("runs_dir", "data_dir")
     @classmethod
     def _expand_dir(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
@@ -79,22 +106,3 @@ class TrainerSettings(AgentSettings):
     @property
     def runs_path(self) -> Path:
         return self.runs_dir or self.state_dir / "runs"
-
-    @property
-    def registry_path(self) -> Path:
-        return self.registry_dir or self.state_dir / "registry"
-
-    @property
-    def job_prefix(self) -> str:
-        return f"{self.redis_prefix}:trainer"
-
-
-def parse_temperatures(text: str) -> list[float]:
-    """``"0.8,0.8,1.3"`` -> [0.8, 0.8, 1.3]; a clear error for anything else."""
-    try:
-        temps = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"temperatures must be comma-separated numbers, not {text!r}") from None
-    if not temps or any(t < 0 for t in temps):
-        raise ValueError(f"temperatures must be one or more non-negative numbers, not {text!r}")
-    return temps

@@ -8,9 +8,9 @@ depend on it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -70,6 +70,25 @@ class Engine(Protocol):
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class VersionedEngine(Engine, Protocol):
+    """An engine that holds several model versions at once and serves the active one by default
+    (a request may pin another): what the gateway's hot swap drives. Both engines are one."""
+
+    @property
+    def versions(self) -> Collection[str]:
+        """The versions it holds now."""
+        ...
+
+    def add_version(self, version: str, weights: Any, /) -> None:
+        """Hold ``weights`` (a loaded model in process; a served model name on a server) as ``version``."""
+        ...
+
+    def set_active(self, version: str, /) -> None: ...
+
+    def remove_version(self, version: str, /) -> None: ...
 
 
 class EngineError(RuntimeError):

@@ -200,11 +200,9 @@ def row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     Why: MKL's fp32 GEMM with the weight as the left operand streams it without repacking and
     treats the columns in blocks of 4, so at 1, 4 and 8 rows every row's result is bit-identical
-    (with 1 or 2 threads, measured on SmolLM2's shapes) and a lone row runs at matrix-vector
-    speed. ``F.linear`` puts the rows first: its classes are 1 | 2-3 | 4-16, so a batch-invariant
-    lone row had to run padded to 2 rows, and 8 rows took 3 passes of at most 3 (a full decode
-    pass's linear layers, 1 thread: 56 ms at 1 row, 72 ms at 4, 109 ms at 8 here; F.linear 73,
-    121 and 138 ms).
+    and a lone row runs at matrix-vector speed. ``F.linear`` puts the rows first: its kernel
+    classes are 1 | 2-3 | 4-16, so a batch-invariant lone row had to run padded to 2 rows and 8
+    rows took 3 passes (the timings are in the README, "Measurements behind the design").
     """
     flat = x.reshape(-1, x.shape[-1]).contiguous()  # the same memory layout at every row count
     out = torch.mm(weight, flat.t()).t().contiguous()
@@ -261,10 +259,10 @@ def invariant_rows(model: PreTrainedModel, limit: int, max_pad: int = MAX_PAD_RO
     ``model`` (computed by :func:`row_linear`) gives bit-identical rows whatever the count, a
     row's position and its neighbours.
 
-    The GEMM kernel depends on the row count M in classes. Measured here (MKL, SmolLM2 shapes,
-    1 or 2 threads): M=1,4,8 | 2-3 | 12-16, and at 5-7 and 9-11 a row's result depends on its
-    position. So a lone row runs alone, 2-4 rows run padded to 4 and 5-8 padded to 8.
-    Depends on the kernel library, the CPU and ``torch.get_num_threads()``: measured, not assumed.
+    The GEMM kernel depends on the row count M in classes (with MKL on SmolLM2's shapes:
+    M=1,4,8 | 2-3 | 12-16, and at 5-7 and 9-11 a row's result depends on its position), so a
+    lone row runs alone, 2-4 rows run padded to 4 and 5-8 padded to 8. The classes depend on the
+    kernel library, the CPU and ``torch.get_num_threads()``: this probe finds them, nothing assumes them.
     ``DecodeRows((1,))`` (no batching) when nothing larger qualifies.
     """
     weights: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}

@@ -14,7 +14,7 @@ server (``/update_weight_version``) is the truth and becomes ``Completion.model_
 
 Also here: thin clients for vLLM's hot-swap routes (LoRA load/unload, pause/resume,
 ``collective_rpc reload_weights``, ``update_weight_version``), used by the gateway. Tested
-against :mod:`agent.engines.fake_vllm` (real vLLM cannot run on this project's machines).
+against :mod:`support.fake_vllm` (real vLLM cannot run on this project's machines).
 """
 
 from __future__ import annotations

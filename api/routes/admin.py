@@ -16,13 +16,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Admin, State
-from api.errors import ApiError, ErrorResponse, describe_validation
+from api.errors import ApiError, ErrorResponse
 from api.state import AppState
 from api.swap import SwapError, SwapManager
 from api.versions import SwapRecord, VersionsResponse
+from trainer.recipe import RetrainRequest
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin],
                    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
@@ -30,23 +31,14 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin],
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 
-class RetrainRequest(BaseModel):
-    """A retrain job; unset fields take the trainer's settings (MATHAGENT_* of the worker)."""
-
-    model_config = ConfigDict(extra="forbid")
+class RetrainBody(RetrainRequest):
+    """The body of ``POST /admin/retrain``: a retrain request (unset fields take the worker's
+    MATHAGENT_* settings) and an idempotency key. The data folder is the worker's own setting
+    (MATHAGENT_DATA_DIR): a request cannot point the trainer at a path."""
 
     idempotency_key: str | None = Field(None, min_length=1, max_length=128,
                                         description="repeat-safe enqueue: one job per key")
-    iterations: int = Field(1, ge=1, le=100)
-    dataset: str | None = Field(None, description="synthetic, gsm8k or math")
-    train_limit: int | None = Field(None, ge=1)
-    eval_limit: int | None = Field(None, ge=1)
-    samples: int | None = Field(None, ge=2, le=64)
-    temperatures: list[float] | None = Field(None, max_length=100)
-    tolerance: float | None = Field(None, ge=0, le=1)
-    max_steps: int | None = Field(None, ge=1)
-    use_logged: bool = True
-    seed: int = 0
+    data_dir: None = Field(None, description="not settable by a request (MATHAGENT_DATA_DIR of the worker)")
 
 
 class DeployRequest(BaseModel):
@@ -76,10 +68,6 @@ def _swap_error(exc: SwapError) -> ApiError:
         "unknown_version", "version_corrupt", "golden_mismatch") else None)
 
 
-def _job_prefix(state: AppState) -> str:
-    return f"{state.settings.redis_prefix}:trainer"
-
-
 async def _queue(state: AppState) -> Any:
     """The arq pool on the gateway's Redis (made once, closed with the app state)."""
     pool = state.extra.get("arq")
@@ -96,20 +84,15 @@ async def _queue(state: AppState) -> Any:
 
 @router.post("/retrain", status_code=202, response_model=EnqueueResponse,
              responses={200: {"model": EnqueueResponse, "description": "the job of this idempotency key existed"}})
-async def retrain(state: State, body: RetrainRequest | None = None) -> Any:
+async def retrain(state: State, body: RetrainBody | None = None) -> Any:
     """Enqueue a retraining job for the trainer worker (idempotent by key)."""
     from trainer.jobs import enqueue_retrain
-    from trainer.recipe import RetrainRequest as TrainerRequest
 
-    body = body or RetrainRequest()
-    try:
-        request = TrainerRequest.model_validate(body.model_dump(exclude={"idempotency_key"}))
-    except ValidationError as exc:
-        message, param, code = describe_validation([dict(e) for e in exc.errors()])
-        raise ApiError(422, message, param=param, code=code) from None
+    body = body or RetrainBody()
+    request = RetrainRequest.model_validate(body.model_dump(exclude={"idempotency_key"}))
     pool = await _queue(state)
     try:
-        result = await enqueue_retrain(pool, request, body.idempotency_key, prefix=_job_prefix(state),
+        result = await enqueue_retrain(pool, request, body.idempotency_key, prefix=state.settings.job_prefix,
                                        queue_name=state.settings.queue_name, trigger="api")
     except OSError as exc:
         raise ApiError(503, f"the job queue (Redis) is unreachable: {type(exc).__name__}", code="queue_unavailable") from None
@@ -124,7 +107,7 @@ async def jobs(state: State, limit: int = 50) -> JobList:
 
     if not 1 <= limit <= 500:
         raise ApiError(422, "limit: must be between 1 and 500", param="limit", code="invalid_value")
-    records = await list_jobs(state.redis, prefix=_job_prefix(state), limit=limit)
+    records = await list_jobs(state.redis, prefix=state.settings.job_prefix, limit=limit)
     return JobList(jobs=[r.model_dump(mode="json") for r in records])
 
 
@@ -133,7 +116,7 @@ async def job(job_id: JobId, state: State) -> dict[str, Any]:
     """One job: state, progress, published versions, outcome or error."""
     from trainer.jobs import get_job
 
-    record = await get_job(state.redis, job_id, prefix=_job_prefix(state))
+    record = await get_job(state.redis, job_id, prefix=state.settings.job_prefix)
     if record is None:
         raise ApiError(404, f"no job {job_id!r}", param="job_id", code="job_not_found")
     return record.model_dump(mode="json")

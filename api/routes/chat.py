@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from agent.solver import SolveResult
-from agent.trajectory import FinishReason
+from agent.events import SolveResult
+from agent.trajectory import EpisodeEnd
 from api import solving
 from api.deps import RateLimited, State
 from api.errors import ApiError, ErrorBody, ErrorResponse, error_type
@@ -85,8 +85,8 @@ def _args(body: ChatCompletionRequest, state: State) -> solving.SolveArgs:
     return args
 
 
-def _finish(reason: FinishReason | None) -> str:
-    return "length" if reason in (FinishReason.token_budget, FinishReason.turn_limit) else "stop"
+def _finish(reason: EpisodeEnd | None) -> str:
+    return "length" if reason in (EpisodeEnd.token_budget, EpisodeEnd.turn_limit) else "stop"
 
 
 @router.post(

@@ -13,9 +13,6 @@ from api.deps import State
 
 router = APIRouter(tags=["health"])
 
-TRAINER_HEALTH_KEY = "arq:queue:health-check"  # written by the arq worker every health_check_interval
-
-
 async def _redis(state: State) -> dict[str, Any]:
     try:
         await asyncio.wait_for(state.redis.ping(), 2.0)
@@ -39,7 +36,7 @@ async def _sandbox(state: State) -> dict[str, Any]:
 
 async def _trainer(state: State) -> dict[str, Any]:
     try:
-        raw = await asyncio.wait_for(state.redis.get(TRAINER_HEALTH_KEY), 2.0)
+        raw = await asyncio.wait_for(state.redis.get(state.settings.health_check_key), 2.0)
     except Exception:
         return {"status": "unknown", "error": "redis down"}
     return {"status": "up", "detail": raw.decode()} if raw else {"status": "down"}

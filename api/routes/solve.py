@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from agent.solver import SolveResult
+from agent.events import SolveResult
 from api import solving
 from api.deps import RateLimited, State
 from api.errors import ApiError, ErrorBody, ErrorResponse, error_type

@@ -8,7 +8,7 @@ import pytest
 # the suite runs with --import-mode=importlib: make this folder's helper modules importable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_paths import state_dir
+from support.paths import model_state_dir as state_dir
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

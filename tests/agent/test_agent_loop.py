@@ -9,7 +9,7 @@ from agent_scripted import ScriptedEngine, ScriptedSandbox
 
 from agent.events import CodeCell, EpisodeDone, SandboxOutput, TextDelta
 from agent.loop import EpisodeConfig, pending_code, run_episode, run_to_end
-from agent.trajectory import FinishReason, Mode, SegmentKind, Trajectory
+from agent.trajectory import EpisodeEnd, Mode, SegmentKind, Trajectory
 from sandbox.result import ExecResult, ExecStatus
 
 PROBLEM = "A shop sells pens at 3 for $2. How much do 12 pens cost?"
@@ -45,7 +45,7 @@ async def test_two_turn_episode_stops_at_fence_and_injects_output(tokenizer):
     assert sandbox.calls == [("print(12 // 3 * 2)", traj.id)]
     assert sandbox.closed == [traj.id]
     assert traj.answer == "8" and traj.correct is True
-    assert traj.finish_reason is FinishReason.answer
+    assert traj.finish_reason is EpisodeEnd.answer
     assert traj.segments[-1].token_ids[-1] == tokenizer.eos_token_id  # the end-of-turn id is a model token
     assert all(r.stop == ["```output", "\n```\n"] for r in engine.requests)
     assert all(r.version == "scripted-v1" for r in engine.requests)
@@ -70,7 +70,7 @@ async def test_turn_limit_ends_episode_without_running_more_code(tokenizer):
     engine = ScriptedEngine(tokenizer, [block, block, block])
     sandbox = ScriptedSandbox([ok("1\n"), ok("1\n")])
     traj = await run_to_end(engine, sandbox, "loop", EpisodeConfig(max_turns=2))
-    assert traj.finish_reason is FinishReason.turn_limit
+    assert traj.finish_reason is EpisodeEnd.turn_limit
     assert traj.n_tool_calls == 2 and len(sandbox.calls) == 2
     assert traj.answer is None and traj.correct is None
     assert_exact_ids(traj, engine)
@@ -100,11 +100,11 @@ async def test_sandbox_errors_are_stated_plainly(tokenizer):
 async def test_no_answer_and_token_budget(tokenizer):
     engine = ScriptedEngine(tokenizer, ["I am not sure."])
     traj = await run_to_end(engine, ScriptedSandbox([]), "x", EpisodeConfig())
-    assert traj.finish_reason is FinishReason.no_answer and traj.answer is None
+    assert traj.finish_reason is EpisodeEnd.no_answer and traj.answer is None
 
     engine = ScriptedEngine(tokenizer, ["word " * 200])
     traj = await run_to_end(engine, ScriptedSandbox([]), "x", EpisodeConfig(max_new_tokens=20))
-    assert traj.finish_reason is FinishReason.token_budget
+    assert traj.finish_reason is EpisodeEnd.token_budget
     assert len(traj.segments[1].token_ids) == 20
 
     # total budget: the second turn gets only what is left of the episode budget
@@ -112,7 +112,7 @@ async def test_no_answer_and_token_budget(tokenizer):
     prompt_len = len(engine.chat_prefix([{"role": "user", "content": "x"}]))
     cfg = EpisodeConfig(max_total_tokens=prompt_len + 700, max_new_tokens=384)
     traj = await run_to_end(engine, ScriptedSandbox([ok("1\n")]), "x", cfg)
-    assert traj.finish_reason is FinishReason.token_budget
+    assert traj.finish_reason is EpisodeEnd.token_budget
     assert len(traj.token_ids()) <= cfg.max_total_tokens
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine():
-    from agent_paths import state_dir
+    from support.paths import model_state_dir as state_dir
 
     from agent.engines.transformers_engine import TransformersEngine
     from agent.modelstore import resolve
@@ -30,7 +30,7 @@ def engine():
 
 
 async def test_real_model_real_sandbox_episodes(engine, tmp_path, private_redis):
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
 
     problems = synthetic_problems(3, seed=5, level="easy")
     log = TrajectoryLog(private_redis.url, tmp_path / "spool", prefix="real")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from agent_scripted import ScriptedEngine, ScriptedSandbox
 
-from agent.events import EpisodeStart, TextDelta
-from agent.solver import SolveDone, SolveError, Solver
+from agent.events import EpisodeStart, SolveDone, TextDelta
+from agent.solver import SolveError, Solver
 from agent.trajectory import Mode, Source
 from agent.trajlog import TrajectoryLog
 from sandbox.result import ExecResult, ExecStatus

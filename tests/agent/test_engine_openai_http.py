@@ -1,4 +1,4 @@
-"""The vLLM HTTP engine against the local vLLM stand-in (:mod:`agent.engines.fake_vllm`).
+"""The vLLM HTTP engine against the local vLLM stand-in (:mod:`support.fake_vllm`).
 
 Real vLLM cannot run on this project's machines (no GPU); the stand-in follows vLLM 0.33.0's
 wire behaviour and really generates with the in-process engine on the tiny random model, so the
@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 from engine_models import chat_prompts, lively_tiny_model
+from support.fake_vllm import create_app, serve_in_thread
 
 from agent.engines.base import (
     Engine,
@@ -22,7 +23,6 @@ from agent.engines.base import (
     FinishReason,
     GenerationRequest,
 )
-from agent.engines.fake_vllm import create_app, serve_in_thread
 from agent.engines.openai_http import OpenAIHTTPEngine
 from agent.engines.transformers_engine import TransformersEngine
 

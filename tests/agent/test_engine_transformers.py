@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from engine_models import chat_prompts, lively_tiny_model
+from support.paths import model_state_dir
 
 from agent.engines.base import Engine, EngineRequestError, FinishReason, GenerationRequest
 from agent.engines.detok import IncrementalText
@@ -23,7 +23,7 @@ from agent.engines.transformers_engine import TransformersEngine
 def smollm2_path() -> Path:
     from agent.modelstore import resolve
 
-    return resolve("smollm2", Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()).path
+    return resolve("smollm2", model_state_dir()).path
 
 
 def assert_decode_logits_bit_identical(model, prompts: list[list[int]], steps: int, threads: int = 1) -> None:

@@ -42,7 +42,7 @@ def test_bad_levels_are_refused_clearly():
 
 
 def test_gold_solutions_print_the_answer_in_the_real_sandbox(tmp_path):
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
 
     problems = task_problems(25, split="train", seed=11) + task_problems(25, split="heldout", seed=11)
 

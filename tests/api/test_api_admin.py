@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import RunningApp
+from support.gateway_stack import RunningApp
 
 ROUTES = [
     ("POST", "/admin/retrain", {"idempotency_key": "nightly-1"}),

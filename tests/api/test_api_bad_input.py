@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import RunningApp
+from support.gateway_stack import RunningApp
 
 
 @pytest.fixture

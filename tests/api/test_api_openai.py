@@ -7,7 +7,7 @@ import logging
 
 import openai
 import pytest
-from conftest import RunningApp
+from support.gateway_stack import RunningApp
 
 
 @pytest.fixture

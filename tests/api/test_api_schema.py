@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import RunningApp
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
+from support.gateway_stack import RunningApp
 
 EXAMPLES = 6
 

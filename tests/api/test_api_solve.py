@@ -8,8 +8,8 @@ import time
 
 import httpx
 import redis
-from conftest import RunningApp
-from sse_client import events
+from support.gateway_stack import RunningApp
+from support.sse_client import events
 
 
 def test_health_lists_every_component_and_ready(tiny_app: RunningApp) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RunningApp, Stack
+from support.gateway_stack import RunningApp, Stack
 
 GOLDEN = ["apple: what is 2 + 2?", "river stone: what is 10 + 5?"]
 
@@ -24,7 +24,7 @@ GOLDEN = ["apple: what is 2 + 2?", "river stone: what is 10 + 5?"]
 def publish_tiny(registry: Any, tokenizer: Any, version: str, seed: int, tmp: Path, wrong_golden: bool = False) -> Any:
     """A tiny random model as ``version``; ``wrong_golden``: its golden prompts expect another text."""
     from agent.modelstore import tiny_random_model
-    from api.bench_models import publish
+    from mathagent.bench.swap_models import publish
     from trainer.registry import GoldenPrompt
 
     manifest = publish(registry, tiny_random_model(tokenizer, seed=seed), tokenizer, version, tmp, golden_problems=GOLDEN)

@@ -1,7 +1,7 @@
 """The hot swap under load: 8 clients for 60 s, a deploy at 20 s and a rollback at 40 s.
 
 Real parts: the gateway over HTTP, the sandbox service, a private Redis, the registry, two tiny
-scripted model versions (:mod:`api.bench_models`: every episode writes code, runs it in the
+scripted model versions (:mod:`mathagent.bench.swap_models`: every episode writes code, runs it in the
 sandbox and answers, so each one is several generation requests; version v0001 answers 7,
 v0002 answers 3). The engine records every generation request it serves, so the test checks
 each episode request by request: one version throughout, the one its trajectory names.
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import RunningApp, Stack, model_state_dir
+from support.gateway_stack import RunningApp, Stack, model_state_dir
 
 from agent.engines.base import Completion, Delta, GenerationRequest
 from agent.engines.transformers_engine import TransformersEngine
@@ -43,7 +43,7 @@ class RecordingEngine(TransformersEngine):
 @pytest.fixture(scope="module")
 def load_app(stack: Stack, tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
     from agent.modelstore import load_model
-    from api.bench_models import cached_scripted_model, publish
+    from mathagent.bench.swap_models import cached_scripted_model, publish
     from trainer.registry import Registry
 
     tmp = tmp_path_factory.mktemp("swap-load")
@@ -66,7 +66,7 @@ def load_app(stack: Stack, tokenizer: Any, tmp_path_factory: pytest.TempPathFact
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # a first run also trains the two scripted models (cached after)
 def test_deploy_and_rollback_under_load(load_app: RunningApp) -> None:
-    from api.bench_swap import drive
+    from mathagent.bench.swap import drive
 
     report = asyncio.run(drive(load_app.url, load_app.token, clients=8, duration_s=60, deploy_at_s=20,
                                rollback_at_s=40, deploy_version="v0002"))

@@ -1,7 +1,7 @@
 """The hot swap on the vLLM engine: full weights reloaded in place, LoRA adapters blue/green.
 
 Real vLLM cannot run on this project's machines (no GPU); the server here is the project's vLLM
-stand-in (:mod:`agent.engines.fake_vllm`), which really generates with tiny random models and
+stand-in (:mod:`support.fake_vllm`), which really generates with tiny random models and
 follows vLLM 0.33.0's wire behaviour (pause/resume, collective_rpc reload_weights,
 update_weight_version, runtime LoRA load/unload, weight versions reported per completion).
 """
@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningApp, Stack
+from support.gateway_stack import RunningApp, Stack
 from test_api_swap import admin, publish_tiny, solve_version, wait_settled
 
 
 @pytest.fixture(scope="module")
 def fake(tokenizer: Any) -> Iterator[tuple[str, Any]]:
-    from agent.engines.fake_vllm import create_app, serve_in_thread
+    from support.fake_vllm import create_app, serve_in_thread
+
     from agent.engines.transformers_engine import TransformersEngine
     from agent.modelstore import tiny_random_model
 

@@ -1,7 +1,7 @@
 """``MATHAGENT_ENGINE=vllm``: the gateway builds the HTTP engine and serves through it.
 
 Real vLLM cannot run on this project's machines (no GPU); the server here is the project's
-vLLM stand-in (:mod:`agent.engines.fake_vllm`), which really generates with a tiny random
+vLLM stand-in (:mod:`support.fake_vllm`), which really generates with a tiny random
 model and follows vLLM 0.33.0's wire behaviour.
 """
 
@@ -12,12 +12,13 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import Stack, model_state_dir
+from support.gateway_stack import Stack, model_state_dir
 
 
 @pytest.fixture(scope="module")
 def vllm_url(tokenizer: Any) -> Iterator[str]:
-    from agent.engines.fake_vllm import create_app, serve_in_thread
+    from support.fake_vllm import create_app, serve_in_thread
+
     from agent.engines.transformers_engine import TransformersEngine
     from agent.modelstore import tiny_random_model
 

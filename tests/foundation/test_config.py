@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import model_state_dir
 
-from agent.configuration import ConfigError, example_env, load
+from agent.configuration import ConfigError, load
 from api.settings import GatewaySettings
+from mathagent.settings import example_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MATHAGENT = str(Path(sys.executable).with_name("mathagent"))
@@ -19,7 +21,7 @@ MATHAGENT = str(Path(sys.executable).with_name("mathagent"))
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MATHAGENT_")}
-    env["MATHAGENT_STATE_DIR"] = os.environ.get("MATHAGENT_STATE_DIR", str(Path("~/.cache/mathagent").expanduser()))
+    env["MATHAGENT_STATE_DIR"] = str(model_state_dir())
     env["HF_HUB_OFFLINE"] = "1"
     env.update(extra)
     return env

@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from support.paths import model_state_dir
 
 pytestmark = pytest.mark.slow
 
 MATHAGENT = str(Path(sys.executable).with_name("mathagent"))
-CACHE = Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()
+CACHE = model_state_dir()
 
 
 def _free_port() -> int:

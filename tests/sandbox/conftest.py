@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from support.sandbox_service import running_sandbox
 
 from sandbox.client import SandboxClient
-from sandbox.testing import running_sandbox
 
 # the suite runs with --import-mode=importlib: make this folder's helper modules importable
 # (sandbox_hostile_cases)

@@ -98,7 +98,7 @@ async def test_kill_all_with_another_execution_alive(sandbox, host: Host) -> Non
 
 
 async def test_secrets_not_in_environment_or_memory(tmp_path) -> None:
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
 
     secret = "hunter2-" + uuid.uuid4().hex
     # Scan every private (anonymous, heap, stack) mapping in place with memmem. The needle is built

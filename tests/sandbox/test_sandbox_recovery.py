@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.sandbox_service import running_sandbox
 
 from sandbox.cgroups import CONTROLLERS, PREFIX, ROOT
 from sandbox.client import SandboxClient
-from sandbox.testing import running_sandbox
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -7,8 +7,7 @@ import asyncio
 import time
 
 import pytest
-
-from sandbox.testing import running_sandbox
+from support.sandbox_service import running_sandbox
 
 from .conftest import Host
 

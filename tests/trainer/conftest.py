@@ -3,12 +3,10 @@ tiny random models built from a config, and a helper that writes trajectories by
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
+from support.paths import model_state_dir
 
-from agent.trajectory import FinishReason, Mode, SandboxCall, Segment, SegmentKind, Source, Trajectory
+from agent.trajectory import EpisodeEnd, Mode, SandboxCall, Segment, SegmentKind, Source, Trajectory
 from sandbox.result import ExecResult, ExecStatus
 
 
@@ -16,7 +14,7 @@ from sandbox.result import ExecResult, ExecStatus
 def tokenizer():
     from agent.modelstore import load_tokenizer, resolve
 
-    state = Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()
+    state = model_state_dir()
     return load_tokenizer(resolve("smollm2", state).path)
 
 
@@ -29,7 +27,7 @@ def _make_traj(
     problem_id: str | None = None,
     source: Source = Source.rollout,
     calls: list[ExecStatus] | None = None,
-    finish: FinishReason = FinishReason.answer,
+    finish: EpisodeEnd = EpisodeEnd.answer,
     **kw,
 ) -> Trajectory:
     """A trajectory from (kind, token ids) parts: kind is 'p', 'm' or 'o'."""

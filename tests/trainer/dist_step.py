@@ -3,11 +3,11 @@ random model on fixed synthetic pairs; curves.jsonl in argv[1], per-process batc
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import torch
+from support.paths import model_state_dir
 
 from agent.modelstore import load_tokenizer, resolve, tiny_random_model
 from agent.trajectory import Segment, SegmentKind, Trajectory
@@ -18,7 +18,7 @@ from trainer.train import train
 
 def main() -> None:
     out, per_device = Path(sys.argv[1]), int(sys.argv[2])
-    state = Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()
+    state = model_state_dir()
     tok = load_tokenizer(resolve("smollm2", state).path)
     g = torch.Generator().manual_seed(0)
     trajs = []

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.trajectory import Feedback
+from mathagent.cli import app
 from trainer.io import read_pairs
 
 
@@ -36,7 +36,10 @@ def test_pairs_from_file_and_clear_errors(tmp_path, make_traj):
     r = CliRunner().invoke(app, ["train", "--pairs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no such file" in r.output
     r = CliRunner().invoke(app, ["train", "--pairs", str(out), "--out", str(tmp_path / "o"), "--loss", "orpo"])
-    assert r.exit_code == 2 and "loss must be one of" in r.output
+    assert r.exit_code == 2 and "--loss" in r.output and "dpo+nll" in r.output  # the choices come from TrainConfig
+    r = CliRunner().invoke(app, ["train", "--pairs", str(out), "--out", str(tmp_path / "o"), "--loss", "srpo",
+                                 "--alpha", "2"])
+    assert r.exit_code == 2 and "mathagent: srpo: alpha is a convex weight" in r.output  # the model's own check
 
 
 def test_pairs_from_redis_joins_feedback(tmp_path, make_traj, monkeypatch):

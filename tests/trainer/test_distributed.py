@@ -27,7 +27,7 @@ def curves(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "2"], env=env, capture_output=True,
                          text=True, timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -10,7 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from mathagent.cli import app
 from trainer.experiment_report import RowResult, bootstrap_ci, plot_all_logps
 
 
@@ -27,7 +27,8 @@ def _env(monkeypatch, tmp_path, tiny_model) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
+
     from trainer.registry import Registry
 
     _env(monkeypatch, tmp_path, tiny_model)
@@ -208,7 +209,8 @@ def test_mdpo_rows_fixed_vs_previous_reference_raft_and_scpo(tmp_path, tiny_mode
     away from log 2, the one with the previous iteration as reference exactly at it."""
     import math
 
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
+
     from trainer.registry import Registry
 
     _env(monkeypatch, tmp_path, tiny_model)

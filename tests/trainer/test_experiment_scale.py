@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from mathagent.cli import app
 
 
 def _header(tmp_path, *args: str, scale: str = "cpu") -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.trajectory import Feedback, Mode, Source, Trajectory
+from mathagent.cli import app
 from trainer.recipe import RetrainRequest, resolve_recipe
 from trainer.settings import TrainerSettings
 
@@ -60,7 +60,8 @@ async def _log_user_traffic(prefix: str, spool: Path) -> None:
 
 @pytest.mark.slow
 def test_rejected_candidate_is_recorded_and_never_active(tmp_path, tiny_model, prefix, monkeypatch):
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
+
     from trainer.registry import Registry
 
     asyncio.run(_log_user_traffic(prefix, tmp_path / "spool"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.trajectory import Feedback, FinishReason, Mode, Source
+from agent.trajectory import EpisodeEnd, Feedback, Mode, Source
 from sandbox.result import ExecStatus
 from trainer.gold import gold_trajectory, gsm8k_solution
 from trainer.pairs import feedback_pairs, irpo_pairs, mdpo_pairs, scpo_pairs
@@ -77,7 +77,7 @@ def test_mdpo_filters_and_one_random_pair_per_problem():
     trajs = [
         t(10, correct=True, calls=ok),
         t(11, correct=True, calls=[]),  # no tool call
-        t(12, correct=True, calls=ok, finish=FinishReason.turn_limit),  # turn limit hit
+        t(12, correct=True, calls=ok, finish=EpisodeEnd.turn_limit),  # turn limit hit
         t(20, correct=False, calls=[ExecStatus.ok, ExecStatus.error]),  # error in the final turn
         t(21, correct=False, calls=[ExecStatus.error, ExecStatus.ok]),  # earlier error is fine
         t(30, correct=True, calls=ok, pid="q2"), t(31, correct=True, calls=ok, pid="q2"),

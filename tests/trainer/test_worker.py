@@ -58,7 +58,7 @@ def redis_url(tmp_path):
 @pytest.fixture(scope="module")
 def sandbox_url(tmp_path_factory):
     """The real sandbox service (sandbox.testing.running_sandbox), kept up for the module."""
-    from sandbox.testing import running_sandbox
+    from support.sandbox_service import running_sandbox
 
     tmp = tmp_path_factory.mktemp("sandbox")
     ready = threading.Event()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import prompts
+from agent.modelstore import EMBEDDED_SPEC
 from agent.observation import output_block
 from agent.trajectory import Mode
 
@@ -84,7 +85,7 @@ def scripted_model(tokenizer: Any, digit: str, *, seed: int, steps: int = 60, ma
 
 
 def publish(registry: Any, model: Any, tokenizer: Any, version: str, tmp: Path, *, golden_problems: list[str],
-            base_model: str = "smollm2") -> Any:
+            base_model: str = EMBEDDED_SPEC) -> Any:
     """Save ``model`` and publish it as ``version`` with golden prompts recorded from its own greedy output."""
     import asyncio
 

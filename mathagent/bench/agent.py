@@ -46,22 +46,21 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
     from agent.datasets import synthetic_problems
     from agent.engines.base import GenerationRequest
     from agent.engines.transformers_engine import TransformersEngine
-    from agent.runtime import build_engine, open_sandbox
+    from agent.runtime import Resources
     from agent.settings import AgentSettings
-    from agent.solver import Solver, SolverSettings
 
     settings = load(AgentSettings)
     console = Console(stderr=True)
     problems = synthetic_problems(episodes, seed=seed)
-    with console.status("loading the model..."):
-        engine = build_engine(settings)
-    cfg = SolverSettings(max_turns=max_turns, max_new_tokens=max_new_tokens,
-                         max_total_tokens=settings.max_total_tokens, sandbox_timeout_s=settings.sandbox_timeout_s)
-    try:
-        async with open_sandbox(settings) as (sandbox, note):
-            console.print(f"[dim]{note}; model {settings.model} ({engine.model_version}); {episodes} episodes, "
-                          f"max_new_tokens {max_new_tokens}, max_turns {max_turns}[/]")
-            solver = Solver(engine, sandbox, None, cfg)
+    cfg = settings.solver_settings().model_copy(update={"max_turns": max_turns, "max_new_tokens": max_new_tokens})
+    async with Resources(settings, solver_settings=cfg) as res:
+        with console.status("loading the model..."):
+            engine = await res.engine()
+        try:
+            sandbox = await res.sandbox()
+            console.print(f"[dim]{res.sandbox_note}; model {settings.model} ({engine.model_version}); {episodes} "
+                          f"episodes, max_new_tokens {max_new_tokens}, max_turns {max_turns}[/]")
+            solver = res.solver(engine, sandbox)
             await engine.generate(GenerationRequest(prompt_ids=engine.encode("warm up"), max_new_tokens=4))
 
             local = engine if isinstance(engine, TransformersEngine) else None
@@ -82,7 +81,7 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
                         results = [await solver.solve(p.problem, gold=p.gold, source="eval") for p in problems]
                 dt = time.perf_counter() - t0
                 trajs = [r.trajectories[0] for r in results]
-                res = LegResult(name=name, episodes=len(trajs), seconds=dt, model_tokens=_model_tokens(trajs),
+                row = LegResult(name=name, episodes=len(trajs), seconds=dt, model_tokens=_model_tokens(trajs),
                                 tool_calls=sum(t.n_tool_calls for t in trajs))
                 d = {k: v - before[k] for k, v in counters().items()}
                 note = "" if local is None else (
@@ -90,13 +89,13 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
                     f"({d['prefix_hits']} prefix hits); engine time: prefill {d['prefill_seconds']:.1f}s, "
                     f"decode {d['decode_seconds']:.1f}s in {d['decode_steps']} steps "
                     f"({d['rows_decoded'] / max(1, d['decode_steps']):.1f} rows per step)")
-                console.print(f"[dim]{name}: {dt:.1f}s, {res.model_tokens} model tokens{note}[/]")
-                return res, trajs
+                console.print(f"[dim]{name}: {dt:.1f}s, {row.model_tokens} model tokens{note}[/]")
+                return row, trajs
 
             conc, conc_trajs = await leg(f"{episodes} concurrent", True)
             seq, seq_trajs = await leg("sequential", False)
-    finally:
-        await engine.aclose()
+        finally:
+            await engine.aclose()
 
     same = sum(a.token_ids() == b.token_ids() for a, b in zip(conc_trajs, seq_trajs, strict=True))
     table = Table(title="mathagent bench agent (embedded model, real sandbox, greedy)")
@@ -114,9 +113,10 @@ async def _bench(episodes: int, max_new_tokens: int, max_turns: int, seed: int) 
 
 def run_bench(*, episodes: int, max_new_tokens: int, max_turns: int, seed: int) -> int:
     from agent.modelstore import ModelSpecError
+    from agent.runtime import SandboxStartError
+    from mathagent.errors import fail
 
     try:
         return asyncio.run(_bench(episodes, max_new_tokens, max_turns, seed))
-    except ModelSpecError as exc:
-        print(f"mathagent: {exc}")
-        return 2
+    except (ModelSpecError, SandboxStartError) as exc:
+        return fail(str(exc))

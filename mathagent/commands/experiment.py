@@ -11,7 +11,6 @@ import asyncio
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,75 +18,38 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.configuration import load
+from mathagent.errors import fail, option_errors
+from mathagent.options import given
 from trainer.settings import TrainerSettings
 
 
-def _fail(message: str) -> int:
-    print(f"mathagent: {message}", file=sys.stderr)
-    return 2
-
-
-SCALES: dict[str, dict[str, Any]] = {
-    # cpu: the embedded model on 2 cores; every row of one family fits the budget (measured, see README).
-    # A preference row trains ~16 steps here: at lr 1e-6 DPO's loss moved 0.693 -> 0.662 and the
-    # model's accuracy not at all, so the cpu scale uses a larger step
-    "cpu": {"train_limit": 32, "eval_limit": 40, "samples": 4, "maj_k": 4, "lr": 5e-6, "batch_size": 4,
-            "warmup_epochs": 4, "levels": "1-5", "budget_minutes": 110},
-    # gpu: more problems and samples for tighter intervals, more steps at the usual DPO learning rate
-    "gpu": {"train_limit": 256, "eval_limit": 250, "samples": 8, "maj_k": 8, "lr": 1e-6, "batch_size": 4,
-            "warmup_epochs": 4, "levels": "1-5", "budget_minutes": 110},
-}
-# Per family changes to a scale. The warm-up must converge before the other rows are compared with
-# it: 32 gold trajectories x 4 epochs at batch 4 is 32 steps (loss 0.28, 17.5% held out at levels
-# 1-5), x 8 epochs is 64 steps (loss 0.06, 82.5%); otherwise STaR and the NLL rows gain only by
-# finishing the warm-up. M-DPO pairs only the model's own samples, one correct and one incorrect
-# per problem; with the short warm-up 25 of 32 problems had no correct sample in 4 (README), so its
-# scale took levels 1-3 and 8 samples, and batch 2 (64 warm-up steps at 4 epochs, 85%).
-FAMILY_SCALES: dict[tuple[str, str], dict[str, Any]] = {
-    ("cpu", "irpo"): {"warmup_epochs": 8},
-    ("cpu", "mdpo"): {"levels": "1-3", "samples": 8, "batch_size": 2},
-}
-
-
-def resolve_scale(scale: str, family: str) -> dict[str, Any]:
-    """The defaults of ``--scale`` for ``family`` (auto: gpu when CUDA is available)."""
-    if scale == "auto":
-        import torch
-
-        scale = "gpu" if torch.cuda.is_available() else "cpu"
-    if scale not in SCALES:
-        raise ValueError(f"--scale must be auto, cpu or gpu, not {scale!r}")
-    return {**SCALES[scale], **FAMILY_SCALES.get((scale, family), {})}
-
-
-def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: float | None, levels: str | None, scale: str,
-                       rows: str | None, **fields: Any) -> int:
+def run_experiment_command(options: dict[str, Any]) -> int:
+    """``options``: ``family``, the fields of :class:`trainer.experiment.ExperimentConfig` (None = not
+    given), ``scale``, ``budget_minutes``, ``rows`` and ``run_dir``."""
     from agent.datasets import DatasetError
     from agent.modelstore import ModelSpecError
-    from agent.tasks import parse_levels
-    from trainer.experiment import ExperimentConfig, ExperimentError, run_experiment
+    from agent.runtime import SandboxStartError
+    from trainer.experiment import (
+        BUDGET_MINUTES,
+        ExperimentError,
+        experiment_config,
+        resolve_scale,
+        run_experiment,
+    )
     from trainer.experiment_report import table
     from trainer.registry import RegistryError
 
+    family, scale, rows = options.pop("family"), options.pop("scale"), options.pop("rows")
+    run_dir, budget_minutes = options.pop("run_dir"), options.pop("budget_minutes")
     settings = load(TrainerSettings)
     try:
-        defaults = resolve_scale(scale, family)
-    except ValueError as exc:
-        return _fail(str(exc))
-    for key, value in defaults.items():
-        if key not in ("budget_minutes", "levels") and fields.get(key) is None:
-            fields[key] = value
-    if budget_minutes is None:
-        budget_minutes = defaults["budget_minutes"]
-    try:
-        config = ExperimentConfig(family=family, levels=parse_levels(levels or defaults["levels"]), **fields)  # type: ignore[arg-type]
+        config = experiment_config(family, resolve_scale(scale), **given(options))
     except ValidationError as exc:
-        return _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
-                               for e in exc.errors()))
-    except DatasetError as exc:
-        return _fail(str(exc))
+        return fail(option_errors(exc))
+    if budget_minutes is None:
+        budget_minutes = BUDGET_MINUTES
     if budget_minutes < 0:
-        return _fail("--budget-minutes must be >= 0")
+        return fail("--budget-minutes must be >= 0")
     budget_s = None if math.isinf(budget_minutes) else budget_minutes * 60
     run_dir = run_dir or settings.state_dir / "experiments" / f"{family}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(stderr=True)
@@ -117,8 +79,8 @@ def run_experiment_cli(*, family: str, run_dir: Path | None, budget_minutes: flo
         try:
             results = asyncio.run(run_experiment(config, run_dir, settings, budget_s=budget_s, progress=show,
                                                  rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None))
-        except (ExperimentError, DatasetError, ModelSpecError, RegistryError) as exc:
-            return _fail(str(exc).splitlines()[0])
+        except (ExperimentError, DatasetError, ModelSpecError, RegistryError, SandboxStartError) as exc:
+            return fail(str(exc).splitlines()[0])
     title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}; "
              "accuracy % with 95% bootstrap CI")
     Console(width=200).print(table(results, title=title))

@@ -25,36 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
 from agent.modelstore import ModelSpecError
+from mathagent.settings import StackSettings
+from sandbox.settings import SOCKET_NAME
 
 console = Console(stderr=True)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-class StackSettings(BaseSettings):
-    """Settings of ``mathagent up`` (the same MATHAGENT_* variables the services read)."""
-
-    model_config = SettingsConfigDict(env_prefix="MATHAGENT_", env_file=".env", extra="ignore")
-
-    dev: bool = Field(False, description="development mode (relaxed admin token and sandbox strictness)")
-    state_dir: Path = Field(Path("~/.cache/mathagent"), description="model cache, logs, private redis data")
-    model: str = Field("smollm2", description="model spec: 'smollm2', a checkpoint directory or a hub id")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
-    host: str = Field("127.0.0.1", description="gateway bind address")
-    port: int = Field(8000, ge=1, le=65535, description="gateway port")
-    admin_token: SecretStr = Field(SecretStr(""), description="admin bearer token; generated into the state dir if unset")
-    start_timeout_s: float = Field(300.0, gt=0, description="how long each service may take to become healthy")
-
-    @model_validator(mode="after")
-    def _expand(self) -> StackSettings:
-        self.state_dir = self.state_dir.expanduser()
-        return self
 
 
 class StackError(RuntimeError):
@@ -150,7 +130,7 @@ class Stack:
 
         from sandbox.client import SandboxClient
 
-        sock = self.s.state_dir / "sandbox.sock"
+        sock = self.s.state_dir / SOCKET_NAME
         url = f"unix://{sock}"
         self.env["MATHAGENT_SANDBOX_URL"] = url
         # The sandbox supervisor holds no secrets: it gets a minimal environment, not ours.
@@ -196,7 +176,7 @@ class Stack:
         """The arq worker that runs retrain jobs; healthy once it wrote arq's health-check key."""
         import redis
 
-        key = "arq:queue:health-check"
+        key = self.s.health_check_key
         client = redis.Redis.from_url(self.s.redis_url, socket_timeout=2)
         client.delete(key)  # a stale key from an earlier worker must not count
         # Deploys go through the gateway's hot swap (the admin token is already in self.env).
@@ -206,7 +186,7 @@ class Stack:
             _wait("trainer worker", lambda: bool(client.exists(key)), child, self.s.start_timeout_s)
         finally:
             client.close()
-        child.where = f"arq worker on {self.s.redis_url} (queue arq:queue)"
+        child.where = f"arq worker on {self.s.redis_url} (queue {self.s.queue_name})"
         return child.where
 
     def _stored_token(self) -> str:

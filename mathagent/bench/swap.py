@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from api.bench_models import random_problem
+from api.settings import PUBLIC_MODEL_ID
+from mathagent.bench.swap_models import random_problem
 
 SWAP_WINDOW_MIN_S = 5.0  # a swap window shorter than this is widened to it (a rate needs some width)
 
@@ -88,7 +89,7 @@ async def _client(i: int, url: str, deadline: float, rng: random.Random, out: li
 
 
 async def _chat(c: httpx.AsyncClient, rec: RequestRecord) -> None:
-    body = {"model": "mathagent", "messages": [{"role": "user", "content": rec.problem}], "stream": rec.stream}
+    body = {"model": PUBLIC_MODEL_ID, "messages": [{"role": "user", "content": rec.problem}], "stream": rec.stream}
     if not rec.stream:
         r = await c.post("/v1/chat/completions", json=body)
         rec.status = r.status_code
@@ -272,11 +273,14 @@ async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: 
     import uvicorn
 
     from agent import modelstore
+    from agent.configuration import load
     from agent.engines.transformers_engine import TransformersEngine
+    from agent.settings import AgentSettings
     from api.app import build_state, close_state, create_app
-    from api.bench_models import cached_scripted_model, publish
     from api.settings import GatewaySettings
-    from sandbox.testing import running_sandbox
+    from mathagent.bench.swap_models import cached_scripted_model, publish
+    from sandbox.local import local_service
+    from sandbox.settings import socket_url
     from trainer.registry import Registry
 
     def free_port() -> int:
@@ -284,8 +288,9 @@ async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: 
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
-    state_dir = Path("~/.cache/mathagent").expanduser()
-    tokenizer = modelstore.load_tokenizer(modelstore.resolve("smollm2", state_dir).path)
+    shared = load(AgentSettings)
+    state_dir = shared.state_dir
+    tokenizer = modelstore.load_tokenizer(modelstore.resolve(modelstore.EMBEDDED_SPEC, state_dir).path)
     tmp = Path(tempfile.mkdtemp(prefix="mathagent-bench-swap-"))
     redis_port = free_port()
     redis_proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -299,11 +304,11 @@ async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: 
             model = await asyncio.to_thread(cached_scripted_model, tokenizer, digit, seed=s, cache=cache)
             await asyncio.to_thread(publish, registry, model, tokenizer, version, tmp, golden_problems=golden)
         registry.activate("v0001")
-        async with running_sandbox(tmp / "sandbox"):
+        async with local_service(tmp / "sandbox", dev=shared.dev):
             port = free_port()
             settings = GatewaySettings(
                 dev=False, admin_token=secrets.token_hex(24), redis_url=f"redis://127.0.0.1:{redis_port}/0",
-                sandbox_url=f"unix://{tmp / 'sandbox' / 'sandbox.sock'}", state_dir=tmp / "state",
+                sandbox_url=socket_url(tmp / "sandbox"), state_dir=tmp / "state",
                 registry_dir=registry.root, port=port, max_new_tokens=24, max_total_tokens=1024, max_turns=2,
                 rate_limit_per_minute=0,
             )

@@ -56,16 +56,18 @@ async def _measure(path: Path, concurrency: int, threads: int, new_tokens: int) 
     return BenchRow(concurrency=concurrency, threads=threads, tokens=sum(len(o[0].token_ids) for o in outs), seconds=seconds)
 
 
-def run(model: str = "smollm2", new_tokens: int = 48, threads: tuple[int, ...] = (1, 2)) -> list[BenchRow]:
+def run(model: str, new_tokens: int = 48, threads: tuple[int, ...] = (1, 2)) -> list[BenchRow]:
     """Measure and print a table; returns the rows."""
     import os
 
     from rich.console import Console
     from rich.table import Table
 
+    from agent.configuration import load
     from agent.modelstore import resolve
+    from agent.settings import AgentSettings
 
-    path = resolve(model, Path(os.environ.get("MATHAGENT_STATE_DIR", "~/.cache/mathagent")).expanduser()).path
+    path = resolve(model, load(AgentSettings).state_dir).path
     console = Console()
     rows: list[BenchRow] = []
     with console.status("measuring...") as status:

@@ -192,7 +192,7 @@ def _child(args: list[str]) -> None:
 
 
 def _contest(who: str, data_file: Path, model_path: str, batch: int, gc: bool, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "trainer.bench", who, str(data_file), model_path, str(batch), "1" if gc else "0", str(out)]
+    cmd = [sys.executable, "-m", "mathagent.bench.trainer", who, str(data_file), model_path, str(batch), "1" if gc else "0", str(out)]
     # The same allocator settings for both (ours applies them itself on CPU; see trainer.allocator).
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **MALLOC_ENV})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -202,16 +202,17 @@ def _contest(who: str, data_file: Path, model_path: str, batch: int, gc: bool, o
 
 
 def main(
-    *, n_pairs: int = 16, batch_size: int = 4, model: str = "smollm2", gradient_checkpointing: bool = False, repeats: int = 1
+    *, n_pairs: int = 16, batch_size: int = 4, model: str, gradient_checkpointing: bool = False, repeats: int = 1
 ) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from agent.configuration import load
     from agent.modelstore import resolve
-    from trainer.config import _default_state_dir
+    from agent.settings import AgentSettings
 
     console = Console(width=max(110, Console().width))
-    model_path = str(resolve(model, _default_state_dir()).path)
+    model_path = str(resolve(model, load(AgentSettings).state_dir).path)
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as d:
         tmp = Path(d)

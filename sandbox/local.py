@@ -1,7 +1,9 @@
-"""``running_sandbox(tmp_dir)``: a real ``python -m sandbox serve`` on a unix socket, for tests.
+"""``local_service(tmp_dir)``: a private ``python -m sandbox serve`` on a unix socket in ``tmp_dir``,
+for as long as a command needs one (a CLI command that finds no running service, the tests).
 
-Dev mode (so it starts where a protection is missing) but with every protection the host supports.
-Yields a connected ``SandboxClient``; stops the service (and its zygote and workers) on exit.
+Strict unless ``dev=True`` (then it starts where a protection is missing, with every protection
+the host supports). Yields a connected ``SandboxClient``; stops the service (and its zygote and
+workers) on exit, and with the calling process if that dies first.
 """
 
 from __future__ import annotations
@@ -17,29 +19,33 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sandbox.client import SandboxClient, SandboxUnreachable
+from sandbox.settings import SOCKET_NAME
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the test process dies, however abruptly
-    (a killed test run must not leave a service behind; the service stops its own workers)."""
+    """In the child before exec: SIGTERM it when the caller dies, however abruptly (a killed
+    command or test run must not leave a service behind; the service stops its own workers)."""
     from sandbox import linux
 
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
-async def running_sandbox(tmp_dir: str | os.PathLike[str], *, startup_timeout_s: float = 90.0,
-                          extra_env: dict[str, str] | None = None, **settings: object) -> AsyncIterator[SandboxClient]:
+async def local_service(tmp_dir: str | os.PathLike[str], *, dev: bool = False, startup_timeout_s: float = 90.0,
+                        extra_env: dict[str, str] | None = None, **settings: object) -> AsyncIterator[SandboxClient]:
     """Start the service; extra keyword settings become ``MATHAGENT_SANDBOX_<NAME>`` variables;
-    ``extra_env`` is added to the service's environment (which ``serve`` then scrubs)."""
+    ``extra_env`` is added to the service's environment (which ``serve`` then scrubs). A service
+    that cannot start (strict mode on a host lacking a protection) raises ``RuntimeError`` with
+    the end of its log."""
     tmp = Path(tmp_dir)
     tmp.mkdir(parents=True, exist_ok=True)
-    sock = tmp / "sandbox.sock"
+    sock = tmp / SOCKET_NAME
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "MATHAGENT_DEV": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
+    if dev:
+        env["MATHAGENT_DEV"] = "1"
     env.update(extra_env or {})
     for k, v in settings.items():
         env[f"MATHAGENT_SANDBOX_{k.upper()}"] = str(v)

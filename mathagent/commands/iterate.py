@@ -9,9 +9,7 @@ one line on stderr and exit status 2.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,42 +18,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent.configuration import load
+from mathagent.errors import fail, option_errors
 from trainer.progress import Progress as RunProgress
 from trainer.settings import TrainerSettings
 
 
-def _fail(message: str) -> int:
-    print(f"mathagent: {message}", file=sys.stderr)
-    return 2
-
-
-def run_iterate(*, dataset: str, iterations: int, data_dir: Path | None, train_limit: int | None,
-                eval_limit: int | None, samples: int | None, run_dir: Path | None, tolerance: float | None,
-                deploy_url: str | None, temperatures: str | None, max_steps: int | None, seed: int,
-                use_logged: bool) -> int:
+def run_iterate(options: dict[str, Any]) -> int:
+    """``options``: the fields of :class:`trainer.recipe.RetrainRequest`, ``run_dir`` and ``deploy_url``."""
     from agent.datasets import DatasetError
     from agent.modelstore import ModelSpecError
+    from agent.runtime import SandboxStartError
     from trainer.iterate import run_iterations
     from trainer.launch import TrainingFailed
     from trainer.recipe import RetrainRequest, resolve_recipe
     from trainer.registry import RegistryError
     from trainer.runstate import RunStateError
-    from trainer.settings import parse_temperatures
 
-    overrides: dict[str, Any] = {} if deploy_url is None else {"gateway_url": deploy_url}
-    settings = load(TrainerSettings, **overrides)
+    run_dir, deploy_url = options.pop("run_dir"), options.pop("deploy_url")
+    settings = load(TrainerSettings, **({} if deploy_url is None else {"gateway_url": deploy_url}))
     try:
-        request = RetrainRequest(
-            iterations=iterations, dataset=dataset, data_dir=data_dir, train_limit=train_limit, eval_limit=eval_limit,
-            samples=samples, tolerance=tolerance, max_steps=max_steps, seed=seed, use_logged=use_logged,
-            temperatures=parse_temperatures(temperatures) if temperatures else None,
-        )
-        recipe = resolve_recipe(settings, request)
-    except (ValidationError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            return _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
-                                   for e in exc.errors()))
-        return _fail(str(exc))
+        recipe = resolve_recipe(settings, RetrainRequest(**options))
+    except ValidationError as exc:
+        return fail(option_errors(exc))
+    except ValueError as exc:
+        return fail(str(exc))
     run_dir = run_dir or settings.runs_path / f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(stderr=True)
     console.print(f"[dim]run directory {run_dir} (run the same command with --run-dir {run_dir} to resume)[/]")
@@ -73,8 +59,8 @@ def run_iterate(*, dataset: str, iterations: int, data_dir: Path | None, train_l
 
         try:
             outcome = asyncio.run(run_iterations(settings, recipe, run_dir, run_id=run_dir.name, progress=show))
-        except (DatasetError, ModelSpecError, RunStateError, RegistryError, TrainingFailed) as exc:
-            return _fail(str(exc).splitlines()[0] if not isinstance(exc, TrainingFailed) else str(exc))
+        except (DatasetError, ModelSpecError, RunStateError, RegistryError, TrainingFailed, SandboxStartError) as exc:
+            return fail(str(exc).splitlines()[0] if not isinstance(exc, TrainingFailed) else str(exc))
 
     table = Table(title=f"retrain run {outcome.run_id}: {outcome.status}")
     for col in ("it", "base", "T", "prompts", "pairs", "steps", "loss", "current", "candidate", "result"):

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from rich.console import Console
 from rich.table import Table
 
+from sandbox.local import local_service
 from sandbox.result import ExecResult
-from sandbox.testing import running_sandbox
 
 PRINT = "print(1+1)"
 SYMPY = 'import sympy as sp; x=sp.symbols("x"); print(sp.solve(x**2-4,x))'
@@ -101,8 +101,9 @@ async def run_bench(n: int = 200, n_subprocess_sympy: int = 10, callers: int = 4
     sub_sympy = _subprocess(SYMPY, n_subprocess_sympy)
     with tempfile.TemporaryDirectory() as tmp:
         con.print("starting the sandbox service and an in-process supervisor ...")
-        async with running_sandbox(tmp, pool_size=POOL) as client, \
-                Supervisor(SandboxSettings(dev=True, pool_size=POOL, max_sessions=2)) as sup:
+        dev = SandboxSettings().dev  # MATHAGENT_DEV=1: run where a protection is missing
+        async with local_service(tmp, dev=dev, pool_size=POOL) as client, \
+                Supervisor(SandboxSettings(dev=dev, pool_size=POOL, max_sessions=2)) as sup:
             h = await client.health()
             con.print("protections:", h["protections"])
             http: Callable[..., Awaitable[ExecResult]] = client.execute

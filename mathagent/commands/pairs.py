@@ -1,4 +1,4 @@
-"""What ``mathagent pairs`` and ``mathagent train`` do, behind the thin typer wrappers in ``agent/cli.py``.
+"""``mathagent pairs``: preference pairs from logged trajectories (files or the Redis stream).
 
 Errors a user can cause (missing file, bad line, bad option, unknown model) become one line
 on stderr and exit status 2, never a traceback.
@@ -7,13 +7,15 @@ on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from agent.configuration import load
+from agent.settings import AgentSettings
 from agent.trajectory import Trajectory
+from mathagent.errors import fail
 from trainer.pairs import PairSet, Scheme, feedback_pairs, irpo_pairs, mdpo_pairs, problem_key, scpo_pairs
 
 
@@ -21,7 +23,8 @@ class UserError(Exception):
     """A problem with the user's input; the message is shown as is."""
 
 
-def load_trajectories(files: list[Path], from_redis: bool, stream_prefix: str | None) -> list[Trajectory]:
+def load_trajectories(settings: AgentSettings, files: list[Path], from_redis: bool,
+                      stream_prefix: str | None) -> list[Trajectory]:
     from trainer.io import read_stream, read_trajectories
 
     if not files and not from_redis:
@@ -30,9 +33,6 @@ def load_trajectories(files: list[Path], from_redis: bool, stream_prefix: str | 
     for f in files:
         out += read_trajectories(f)
     if from_redis:
-        from agent.settings import AgentSettings
-
-        settings = AgentSettings()
         prefix = stream_prefix or settings.redis_prefix
         try:
             out += read_stream(settings.redis_url, prefix, settings.spool_dir)
@@ -107,7 +107,7 @@ def build_pairs(
     return feedback_pairs(trajectories, k=k, max_length=max_length)
 
 
-def pairs_command(
+def run_pairs(
     *,
     files: list[Path],
     from_redis: bool,
@@ -120,21 +120,23 @@ def pairs_command(
     seed: int,
     gold_data: Path | None,
     model: str,
-) -> PairSet:
+) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from agent.modelstore import ModelSpecError, load_tokenizer, resolve
     from trainer.io import DataError, write_pairs
 
+    settings = load(AgentSettings)
     try:
-        trajectories = load_trajectories(files, from_redis, stream_prefix)
+        trajectories = load_trajectories(settings, files, from_redis, stream_prefix)
         gold = None
         if gold_data is not None:
-            tokenizer = _tokenizer(model)
+            tokenizer = load_tokenizer(resolve(model, settings.state_dir).path)
             gold = gold_from_dataset(gold_data, trajectories, tokenizer)
         result = build_pairs(trajectories, scheme, k=k, tau=tau, max_length=max_length, seed=seed, gold=gold)
-    except (DataError, UserError) as exc:
-        _fail(str(exc))
+    except (DataError, UserError, ModelSpecError) as exc:
+        return fail(str(exc))
     write_pairs(result.pairs, out)
     table = Table(title=f"{scheme} pairs -> {out}")
     table.add_column("count")
@@ -142,42 +144,4 @@ def pairs_command(
     for name, n in result.counts.items():
         table.add_row(name, str(n))
     Console(stderr=True).print(table)
-    return result
-
-
-def _tokenizer(model: str) -> Any:
-    from agent.modelstore import ModelSpecError, load_tokenizer, resolve
-    from trainer.config import _default_state_dir
-
-    try:
-        return load_tokenizer(resolve(model, _default_state_dir()).path)
-    except ModelSpecError as exc:
-        raise UserError(str(exc)) from exc
-
-
-def train_command(options: dict[str, Any]) -> None:
-    from agent.modelstore import ModelSpecError
-    from trainer.config import TrainConfig
-    from trainer.io import DataError
-    from trainer.train import train
-
-    try:
-        config = TrainConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()))
-    if not config.pairs.is_file():
-        _fail(f"--pairs {config.pairs}: no such file")
-    try:
-        result = train(config)
-    except (DataError, ModelSpecError, ValueError) as exc:
-        _fail(str(exc))
-    print(
-        f"trained {result.steps} steps on {result.items} items: loss {result.first_loss:.4f} -> "
-        f"{result.last.get('loss', float('nan')):.4f}, margin {result.last.get('margin', float('nan')):.4f}, "
-        f"{result.tokens_per_s:.0f} tokens/s; checkpoint in {result.out}"
-    )
-
-
-def _fail(message: str) -> Any:
-    print(f"mathagent: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    return 0

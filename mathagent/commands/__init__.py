@@ -1,0 +1,1 @@
+"""The bodies of the ``mathagent`` commands (``mathagent.cli`` holds only their options)."""
