@@ -119,7 +119,8 @@ def _drain(fd: int, stream: CappedStream) -> None:
 async def run(w: Worker, code: str, lim: Limits, cg: SlotCgroup | None, *, output_cap: int, kill_factor: int,
               cpu_from: int | None = None) -> CellRun:
     """Run one cell in ``w``. ``cpu_from``: the slot's CPU counter to charge from (a session charges a cell
-    with whatever its threads used since the previous cell ended), default: now."""
+    with whatever its threads used since the previous cell ended), default: now. A fresh pool worker's
+    scheduler time was read while it idled in the pool (``sched_ready_ns``), off the latency path."""
     loop = asyncio.get_running_loop()
     kill_at = output_cap * kill_factor
     out, err = CappedStream(output_cap), CappedStream(output_cap)
@@ -130,7 +131,8 @@ async def run(w: Worker, code: str, lim: Limits, cg: SlotCgroup | None, *, outpu
         oom0 = cg.oom_kills()
     loop.add_reader(w.out_fd, _pump, w.out_fd, out, flood, kill_at)
     loop.add_reader(w.err_fd, _pump, w.err_fd, err, flood, kill_at)
-    sched0 = sched_ns(w.pid)
+    sched0 = w.sched_ready_ns or sched_ns(w.pid)
+    w.sched_ready_ns = 0  # only valid for its first cell
     t0 = time.perf_counter()
     reason = "done"
     violation = ""

@@ -258,6 +258,7 @@ class Supervisor:
             if self.closed:
                 w.close()
                 return
+            w.sched_ready_ns = cell.sched_ns(w.pid)
             self._ready.put_nowait(w)
             return
 

@@ -47,6 +47,7 @@ class Worker:
     exit: asyncio.Future[dict[str, Any]]
     applied: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    sched_ready_ns: int = 0  # its threads' on-CPU + run-queue time once idle in the pool (0: not measured)
 
     def kill(self) -> None:
         if self.closed:
