@@ -204,3 +204,21 @@ def test_exec_ephemeral_supervisor_reads_a_forged_frame(tmp_path: Path) -> None:
     assert out["status"] == "crashed" and "result channel" in out["detail"], out
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     assert time.monotonic() - t0 < 60
+
+
+def test_cli_commands_and_flags() -> None:
+    """The typer CLI keeps argparse's commands and flags: --socket and --port exclude each other (usage
+    error, status 2); an unreadable code file is still answered with one JSON line."""
+    p = subprocess.run([sys.executable, "-m", "sandbox", "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and all(c in p.stdout for c in ("serve", "exec", "doctor"))
+    for cmd, flags in (("serve", ("--socket", "--port")), ("exec", ("--session", "--timeout", "--memory-mb")),
+                       ("doctor", ("--quiet", "--url"))):
+        p = subprocess.run([sys.executable, "-m", "sandbox", cmd, "--help"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "COLUMNS": "200"})
+        assert p.returncode == 0 and all(f in p.stdout for f in flags), p.stdout
+    p = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--socket", "/nonexistent/s.sock", "--port", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "mutually exclusive" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "sandbox", "exec", "/nonexistent/code.py"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and _one_json_line(p.stdout)["status"] == "sandbox_error", p.stdout
