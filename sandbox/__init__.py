@@ -20,8 +20,9 @@ output). Covered, and why each limit exists:
   zygote's PID namespace with hidepid=2; a private size- and inode-capped tmpfs as working directory
   (/tmp) and as /dev/shm, discarded with the worker. The host's ``/run``, ``/var``, ``/home``, ``/etc``
   (but the loader cache), its unix sockets, the project checkout and everything else are absent, not
-  denied: nothing to stat, readlink, watch or connect to. Landlock on top allows reading only the view's
-  trees and writing only the workdir, /dev/shm and /dev/null.
+  denied: nothing to stat, readlink, watch or connect to; the host name is ``sandbox`` (a UTS namespace).
+  Landlock on top allows reading only the view's trees and writing only the workdir, /dev/shm and
+  /dev/null.
 * Network and sockets: the zygote enters an empty network namespace once (loopback down) and creates one
   more per slot, which that slot's workers join (workers of different slots do not see each other's
   sockets in /proc/net; nothing a worker has outlives it there). seccomp refuses ``socket()`` for every

@@ -1,4 +1,4 @@
-"""The isolation steps: once in the zygote (IPC, network and mount namespaces and the filesystem view of
+"""The isolation steps: once in the zygote (IPC, UTS, network and mount namespaces and the filesystem view of
 ``rootfs``; the PID namespace is entered by ``zygote.main`` itself) and in every worker before any code
 arrives (its slot's cgroups and network namespace, a private IPC namespace and tmpfs work dir, rlimits,
 uid, Landlock, seccomp). Each step is applied only when the zygote's config says the host supports it;
@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import linux, rootfs
 from sandbox.cgroups import CONTROLLERS, PREFIX, ROOT
+
+HOSTNAME = "sandbox"
 
 
 @dataclass
@@ -58,8 +61,13 @@ def prepare_zygote(cfg: dict[str, Any]) -> tuple[dict[str, Any], ZygoteHandles]:
     for name, flag in (("net_ns", linux.CLONE_NEWNET), ("ipc_ns", linux.CLONE_NEWIPC), ("mount_ns", linux.CLONE_NEWNS)):
         if prot.get(name):
             flags |= flag
+    if prot.get("mount_ns"):
+        flags |= linux.CLONE_NEWUTS  # the host's name is host metadata too (same privilege as a mount ns)
     if flags:
         linux.unshare(flags)
+    if flags & linux.CLONE_NEWUTS:
+        socket.sethostname(HOSTNAME)
+        applied["uts_ns"] = True
     if prot.get("net_ns"):
         handles.own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         applied["net_ns"] = True

@@ -5,6 +5,7 @@ a case added here is exercised both ways. A plain module (uniquely named: tests/
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import textwrap
 from collections.abc import Callable
@@ -295,6 +296,9 @@ CASES: dict[str, Case] = {
     "walk_up_from_the_interpreter": Case(
         "import os, sys\nprint(os.listdir(os.path.join(sys.prefix, '..')))", {ERR, OK},
         lambda r: "pyproject.toml" not in r.stdout or pytest.fail(r.stdout)),
+    "host_name": Case("import os, socket\nprint(socket.gethostname(), os.uname().nodename)", {OK},
+                      lambda r: (r.stdout == "sandbox sandbox\n" and socket.gethostname() not in r.stdout)
+                      or pytest.fail(r.stdout)),
     "inotify_watch": Case(_libc_call("inotify_init1", 0), {OK}, out_is("-1 1")),
     "proc_self_root": Case("import os\nprint(os.listdir('/proc/self/root/run'))", {ERR}),
     # ---- forged or malformed frames on the worker's command socket (fd 3): the code's own crash ------

@@ -1,11 +1,13 @@
 """Memory limits hold as asked, read back from the host's cgroup files: code that tries to leave memory
 charged to its slot does not weaken the next caller's limit, a limit the kernel refuses is never run
 under (a session holding more than it asks for is refused; a pool slot holding leaked memory is recycled
-and the call moves on), and a refused limit is never remembered as applied."""
+and the call moves on), and a refused limit is never remembered as applied. Through the service and
+through ``python -m sandbox exec`` (the session case's exec twin is in test_sandbox_cli)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import pytest
 
 from sandbox import cgroups
 from sandbox.client import SandboxClient
+from sandbox.result import ExecResult
 from sandbox.testing import running_sandbox
 
 from .conftest import CGROUP_PROBE, Host, slot_group, swap_kib
@@ -87,9 +90,13 @@ async def test_a_pool_slot_refusing_a_limit_is_recycled_and_the_call_moves_on(tm
             assert hog.stdout is not None and hog.stdout.readline() == b"1\n"
             assert int((slot0 / "memory.usage_in_bytes").read_text()) > 150 * MiB  # the test can fail
             deadline = time.monotonic() + 60
+            calls = 0
             while hog.poll() is None:  # until the call that lands in slot 0 has had it recycled
                 assert time.monotonic() < deadline, "slot 0 was never recycled"
-                r = await client.execute(CGROUP_PROBE, memory_mb=64)
+                # through the service and through `python -m sandbox exec`, in turn
+                r = await (client.execute(CGROUP_PROBE, memory_mb=64) if calls % 2 == 0
+                           else _cli(client.url, CGROUP_PROBE, "--memory-mb", "64"))
+                calls += 1
                 assert r.status == "ok", r
                 assert _limit_mb(r.stdout) == 64  # on whichever slot ran it: as asked, never weaker
             # The recycled slot is back in the pool with a limit it could take.
@@ -100,6 +107,24 @@ async def test_a_pool_slot_refusing_a_limit_is_recycled_and_the_call_moves_on(tm
         finally:
             hog.kill()
             hog.wait()
+
+
+async def _cli(url: str, code: str, *args: str) -> ExecResult:
+    env = {"PATH": os.environ["PATH"], "MATHAGENT_SANDBOX_URL": url, "MATHAGENT_DEV": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "sandbox", "exec", *args, "-", env=env,
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(code.encode()), 120)
+    assert proc.returncode == 0 and out.count(b"\n") == 1, out
+    return ExecResult.model_validate_json(out)
+
+
+async def test_exec_limits_as_asked(sandbox: SandboxClient, host: Host) -> None:
+    for asked in (66, 67):
+        r = await _cli(sandbox.url, LEAVE_MEMORY_BEHIND, "--timeout", "10")
+        assert r.status == "ok" and r.stdout.startswith("-1 1\n"), r
+        r = await _cli(sandbox.url, CGROUP_PROBE, "--memory-mb", str(asked))
+        assert r.status == "ok" and _limit_mb(r.stdout) == asked, r
+    await host.assert_intact()
 
 
 async def _wait(ok: object, timeout_s: float = 10.0) -> None:
