@@ -557,6 +557,7 @@ class Supervisor:
             "ready_workers": self._ready.qsize(),
             "sessions": self.live_sessions(),  # holding a worker slot
             "sessions_known": len(self._sessions),  # also those evicted to make room (their history kept)
+            "sessions_running": sum(1 for s in self._sessions.values() if s.lock.locked()),
             "max_sessions": self.settings.max_sessions,
             "uid_range": [self.uid_base, self.uid_base + self.n_slots],
             "worker_pids": sorted(pids),

@@ -41,9 +41,12 @@ class HostSegment:
     """A world-writable SysV shared-memory segment on the host, with known content."""
 
     def __init__(self) -> None:
+        stale = _libc.shmget(HOST_SHM_KEY, 0, 0)  # left by a killed run that had this pid
+        if stale >= 0:
+            _libc.shmctl(stale, IPC_RMID, None)
         self.id = _libc.shmget(HOST_SHM_KEY, 1 << 16, IPC_CREAT | IPC_EXCL | 0o666)
         if self.id < 0:
-            raise OSError(ctypes.get_errno(), "shmget (a previous run left the key behind? ipcrm -M)")
+            raise OSError(ctypes.get_errno(), f"shmget({HOST_SHM_KEY:#x})")
         addr = _libc.shmat(self.id, None, 0)
         ctypes.memmove(addr, SHM_MARK, len(SHM_MARK))
         _libc.shmdt(ctypes.c_void_p(addr))

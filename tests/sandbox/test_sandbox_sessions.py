@@ -98,7 +98,7 @@ async def test_new_session_refused_when_every_slot_runs_a_cell(sandbox, host: Ho
     busy = [asyncio.create_task(sandbox.execute("import time\ntime.sleep(4)\nprint('done')", session_id=f"busy-{i}",
                                                 timeout_s=20)) for i in range(cap)]
     deadline = time.monotonic() + 15
-    while (await sandbox.health())["sessions"] < cap:  # every slot claimed by a session inside its cell
+    while (await sandbox.health())["sessions_running"] < cap:  # every slot taken by a session inside its cell
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     r = await sandbox.execute("print('extra')", session_id="one-too-many")
