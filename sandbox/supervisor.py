@@ -471,18 +471,25 @@ class Supervisor:
         replayed = 0
         evicted = s.state_lost
         if s.worker is None or s.worker.exit.done():
-            await self._lose_worker(s)
-            s.worker = await self._spawn(s.slot, persistent=True)
-            kept: list[str] = []
+            history = s.history
             try:
-                for past in s.history:
-                    run = await self._session_cell(s, past, limits)
-                    if not run.alive:
-                        await self._lose_worker(s)
-                        s.worker = await self._spawn(s.slot, persistent=True)
+                while True:
+                    await self._lose_worker(s)
+                    s.worker = await self._spawn(s.slot, persistent=True)
+                    kept: list[str] = []
+                    died = False
+                    for past in history:
+                        run = await self._session_cell(s, past, limits)
+                        if not run.alive:
+                            died = True
+                            break
+                        if run.result.status in (ExecStatus.ok, ExecStatus.output_truncated):
+                            kept.append(past)
+                    if not died:
                         break
-                    if run.result.status in (ExecStatus.ok, ExecStatus.output_truncated):
-                        kept.append(past)
+                    # A replayed cell killed the worker: drop it and the cells after it, replay the rest
+                    # into a fresh worker (the history shrinks on every round).
+                    history = kept
             except LimitNotApplied:
                 await self._lose_worker(s)  # half replayed: the next cell starts over
                 raise

@@ -43,6 +43,20 @@ async def test_crash_resets_state_and_next_cell_replays(sandbox, host: Host) -> 
     await host.assert_intact()
 
 
+async def test_a_replayed_cell_that_dies_is_dropped_and_the_rest_replayed(sandbox, host: Host) -> None:
+    sid = "replay-dies"
+    assert (await sandbox.execute("x = 1", session_id=sid)).ok
+    assert (await sandbox.execute("import time\ntime.sleep(1)\ny = 2", session_id=sid, timeout_s=10)).ok
+    crash = await sandbox.execute("import os\nos.abort()", session_id=sid)
+    assert crash.status == "crashed" and crash.state_reset
+    # Replayed under this cell's 0.5 s limit, the sleeping cell dies: it is dropped, x is replayed again.
+    r = await sandbox.execute("print(x, 'y' in globals())", session_id=sid, timeout_s=0.5)
+    assert r.status == "ok" and r.stdout == "1 False\n" and r.state_reset, r
+    assert "its 1 earlier successful cell(s) were replayed" in (r.detail or ""), r.detail
+    await sandbox.close_session(sid)
+    await host.assert_intact()
+
+
 async def test_timeout_in_session_resets_then_replays(sandbox) -> None:
     sid = "slow"
     await sandbox.execute("z = [1, 2, 3]", session_id=sid)
