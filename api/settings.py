@@ -142,11 +142,11 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 def parse_digests(text: str, where: str) -> list[str]:
     """Comma-separated sha256 hex digests; a clear error naming ``where`` for anything else."""
     out = []
-    for item in (t.strip().lower() for t in text.split(",")):
+    for i, item in enumerate(t.strip().lower() for t in text.split(",")):
         if not item:
             continue
-        if not _DIGEST.match(item):
-            raise ValueError(f"{where}: {item[:8]}... is not a sha256 hex digest (64 hex characters): store the "
+        if not _DIGEST.match(item):  # the value is not echoed: it may be a key pasted by mistake
+            raise ValueError(f"{where}: entry {i + 1} is not a sha256 hex digest (64 hex characters): store the "
                              "digest of each key, never the key (`python -m api new-key` prints both)")
         out.append(item)
     return out

@@ -312,3 +312,19 @@ def test_readyz_and_healthz_details_only_for_the_admin(open_app: RunningApp) -> 
     text = json.dumps(public) + json.dumps(health)
     assert "pid" not in text and "uid" not in text and "redis://" not in text
     assert "detail" in detailed["checks"]["sandbox"] and detailed["checks"]["redis"]["url"].startswith("redis://")
+
+
+def test_a_required_api_key_refuses_keyless_callers(keyed_app: RunningApp) -> None:
+    fresh(keyed_app)
+    callers = keyed_app.state.callers
+    callers.require_key = True  # MATHAGENT_REQUIRE_API_KEY=1 on this gateway, for this test
+    try:
+        with keyed_app.client() as c:
+            keyless = c.post("/v1/solve", json={"problem": ""})
+            keyed = c.post("/v1/solve", json={"problem": ""}, headers={"Authorization": f"Bearer {KEY_A}"})
+            feedback = c.post("/v1/trajectories/x/feedback", json={"rating": "up"})
+    finally:
+        callers.require_key = False
+    assert _error(keyless, 401)["code"] == "missing_api_key" and keyless.headers["www-authenticate"].startswith("Bearer")
+    assert keyed.status_code == 422
+    assert _error(feedback, 401)["code"] == "missing_api_key"

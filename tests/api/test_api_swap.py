@@ -247,3 +247,39 @@ def test_the_base_model_has_one_identity_and_a_rollback_to_it_points_the_registr
         assert body["active"] == body["registry_active"] == base and body["previous"] == "v0002"
         assert registry.pointer().active == base and registry.pointer().previous == "v0002"
         assert solve_version(app) == base
+
+
+async def test_a_base_import_from_before_content_id_names_is_the_same_version(tokenizer: Any, tmp_path: Path) -> None:
+    """A registry whose import of the base model is ``v0001`` (made before imports were named by
+    the content id): still one entry, and a rollback to the base points the registry at v0001."""
+    from agent.engines.transformers_engine import TransformersEngine
+    from agent.modelstore import resolve, tiny_random_model
+    from api.metrics import Metrics
+    from api.swap import SwapManager
+    from api.swap_backends import TransformersBackend, VersionSource
+    from trainer.registry import Registry
+
+    model = tmp_path / "base-model"
+    tiny_random_model(tokenizer, seed=31).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    base = resolve(str(model), tmp_path).version
+    registry = Registry(tmp_path / "registry")
+    registry.publish(model, base_model=str(model), version="v0001",
+                     training_config={"imported_from": str(model), "content_id": base, "lineage_iteration": 0})
+    await asyncio.to_thread(publish_tiny, registry, tokenizer, "v0002", 32, tmp_path)  # it runs its own loop
+    engine = TransformersEngine.from_path(model, base)
+    manager = SwapManager(engine, TransformersBackend(engine, tmp_path), registry, metrics=Metrics(),
+                          base=VersionSource(version=base, path=model, kind="full", in_registry=False))
+    try:
+        listed = manager.versions().versions
+        assert [(v.version, v.registry_version, v.configured_base) for v in listed] == [
+            (base, "v0001", True), ("v0002", None, False)]
+        await manager.deploy("v0002")
+        rolled = await manager.rollback()
+        assert rolled.to_version == base and registry.pointer().active == "v0001"
+        view = manager.versions()
+        assert view.active == base and view.registry_active == "v0001" and len(view.versions) == 2
+        assert [v.active for v in view.versions] == [True, False]
+    finally:
+        await manager.aclose()
+        await engine.aclose()

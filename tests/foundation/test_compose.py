@@ -73,3 +73,23 @@ def test_admin_token_is_required(compose: dict[str, Any]) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "${MATHAGENT_ADMIN_TOKEN:?" in text
     assert compose["services"]["api"]["environment"]["MATHAGENT_ADMIN_TOKEN"].startswith("${MATHAGENT_ADMIN_TOKEN:?")
+
+
+def test_the_api_answers_the_names_it_is_reached_by(compose: dict[str, Any]) -> None:
+    """Trusted hosts: the trainer deploys through http://api:8000, the healthcheck uses 127.0.0.1;
+    the settings the api would run with (compose's default value) answer both."""
+    import re
+    from urllib.parse import urlparse
+
+    from api.guards import TrustedHostMiddleware, host_name
+    from api.settings import GatewaySettings
+
+    api = compose["services"]["api"]["environment"]
+    hosts = re.sub(r"\$\{MATHAGENT_TRUSTED_HOSTS:-(.*)\}", r"\1", api["MATHAGENT_TRUSTED_HOSTS"])
+    settings = GatewaySettings(dev=True, host=api["MATHAGENT_HOST"], trusted_hosts=hosts)
+    guard = TrustedHostMiddleware(lambda *a: None, settings.allowed_hosts)  # type: ignore[arg-type, return-value]
+    trainer_url = compose["services"]["trainer"]["environment"]["MATHAGENT_GATEWAY_URL"]
+    health_url = next(t for t in compose["services"]["api"]["healthcheck"]["test"] if t.startswith("http"))
+    for url in (trainer_url, health_url):
+        assert guard.allows(host_name(urlparse(url).netloc)), url
+    assert not guard.allows(host_name("rebound.example:8000"))
