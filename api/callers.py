@@ -42,7 +42,12 @@ class Caller:
 
 
 class BadCredential(Exception):
-    """A bearer was sent that is neither the admin token nor a configured API key."""
+    """No usable credential: a bearer that is neither the admin token nor a configured API key
+    (``invalid_api_key``), or none where one is required (``missing_api_key``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _digest(text: str) -> str:
@@ -114,7 +119,7 @@ class Callers:
                 digest = _digest(token)
                 if digest in self.key_digests:
                     return Caller("key", digest[:16])
-                raise BadCredential("invalid API key")
+                raise BadCredential("invalid API key", "invalid_api_key")
         if self.require_key:
-            raise BadCredential("an API key is required: send `Authorization: Bearer <key>`")
+            raise BadCredential("an API key is required: send `Authorization: Bearer <key>`", "missing_api_key")
         return self.address(conn)

@@ -50,8 +50,7 @@ async def _limited(request: Request, state: AppState, budget: str, per_minute: i
         caller = state.callers.identify(request)
     except BadCredential as exc:
         await state.limiter.check(state.callers.address(request).key, budget=budget, per_minute=per_minute)
-        code = "missing_api_key" if "required" in str(exc) else "invalid_api_key"
-        raise ApiError(401, str(exc), code=code, headers={"www-authenticate": 'Bearer realm="mathagent"'}) from None
+        raise ApiError(401, str(exc), code=exc.code, headers={"www-authenticate": 'Bearer realm="mathagent"'}) from None
     await state.limiter.check(caller.key, budget=budget, per_minute=per_minute)
     request.state.caller = caller
     return caller
