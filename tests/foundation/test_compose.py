@@ -161,3 +161,23 @@ def test_vllm_exposes_what_the_hot_swap_needs(compose: dict[str, Any]) -> None:
     assert vllm["environment"]["VLLM_SERVER_DEV_MODE"] == "1"
     assert "--dtype" in vllm["command"], "the precision must be stated (golden checks depend on it)"
     assert set(vllm["networks"]) == {"internal"}
+
+
+def test_the_api_answers_the_names_it_is_reached_by(compose: dict[str, Any]) -> None:
+    """Trusted hosts: the trainer deploys through http://api:8000, the healthcheck uses 127.0.0.1;
+    the settings the api would run with (compose's default value) answer both."""
+    import re
+    from urllib.parse import urlparse
+
+    from api.guards import TrustedHostMiddleware, host_name
+    from api.settings import GatewaySettings
+
+    api = compose["services"]["api"]["environment"]
+    hosts = re.sub(r"\$\{MATHAGENT_TRUSTED_HOSTS:-(.*)\}", r"\1", api["MATHAGENT_TRUSTED_HOSTS"])
+    settings = GatewaySettings(dev=True, host=api["MATHAGENT_HOST"], trusted_hosts=hosts)
+    guard = TrustedHostMiddleware(lambda *a: None, settings.allowed_hosts)  # type: ignore[arg-type, return-value]
+    trainer_url = compose["services"]["trainer"]["environment"]["MATHAGENT_GATEWAY_URL"]
+    health_url = next(t for t in compose["services"]["api"]["healthcheck"]["test"] if t.startswith("http"))
+    for url in (trainer_url, health_url):
+        assert guard.allows(host_name(urlparse(url).netloc)), url
+    assert not guard.allows(host_name("rebound.example:8000"))
