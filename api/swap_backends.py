@@ -7,8 +7,8 @@
 - :class:`VLLMBackend` (a vLLM 0.33 server through :class:`OpenAIHTTPEngine`): a ``lora`` version
   is blue/green: ``/v1/load_lora_adapter`` under a NEW name per load (vLLM can reuse the prefix
   cache of a same-name reload) from the version's own immutable directory, selected per request
-  by ``model``; a ``full`` version replaces the base weights in place (``/pause?mode=wait&
-  clear_cache=true`` -> ``collective_rpc reload_weights`` -> ``/update_weight_version`` ->
+  by ``model``; a ``full`` version replaces the base weights in place (``/pause?mode=wait`` ->
+  ``collective_rpc reload_weights`` -> ``/update_weight_version`` -> ``/reset_prefix_cache`` ->
   ``/resume``), which has one weight slot, so the swap manager drains first (see ``api.swap``).
   Tested against :mod:`support.fake_vllm`: real vLLM cannot run on this project's machines.
 """
@@ -126,15 +126,16 @@ class VLLMBackend:
         self.engine.set_active(version)
 
     async def reload_in_place(self, source: VersionSource) -> None:
-        """pause(wait, clear cache) -> reload_weights -> update_weight_version -> resume.
+        """pause(wait) -> reload_weights -> update_weight_version -> reset_prefix_cache -> resume.
 
         The caller has drained every episode and holds new ones back. The label goes on the server
         before resume, so every completion of the new weights reports ``source.version``. Versions
         the base slot served before stay mapped (inactive) until :meth:`drop_replaced`."""
-        await self.engine.pause(mode="wait", clear_cache=True)
+        await self.engine.pause(mode="wait")
         try:
             await self.engine.reload_weights(source.path)
             await self.engine.update_weight_version(source.version)
+            await self.engine.reset_prefix_cache()  # no block computed by the old weights is reused
         finally:
             await self.engine.resume()
         self.base_slot = source.version

@@ -17,6 +17,11 @@ model in tests) and follows vLLM's wire behaviour for the routes mathagent uses:
   EOS (the EOS id stays in ``token_ids``, not in the text), ``usage``; SSE ``data: {...}`` chunks
   ending with ``data: [DONE]``; a model name not served -> 404; errors as ``{"error": {"message",
   "type", "param", "code"}}``; ``model`` selects the base model or a loaded LoRA adapter.
+- ``POST /inference/v1/generate`` (vLLM's tokens-in/tokens-out route, what the HTTP engine uses):
+  ``token_ids``, ``sampling_params`` (the completion fields above), ``output_mode``, ``stream``;
+  choices carry ``token_ids``, ``text``, ``finish_reason``, ``stop_reason`` and ``weight_versions``
+  (on the full response or the final stream chunk), as in vLLM 0.32.0 with ``--enable-scale-out``.
+- ``POST /reset_prefix_cache`` -> ``{"success": true}``.
 - ``GET /v1/models``, ``GET /health``.
 - ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` -> plain text ``Success: LoRA
   adapter '<name>' added successfully.``, 400 on a duplicate name (the adapter is really loaded
@@ -71,6 +76,14 @@ class CompletionBody(BaseModel):
     skip_special_tokens: bool = True
     return_token_ids: bool | None = None
     return_weight_versions: bool = False
+
+
+class GenerateBody(BaseModel):
+    model: str | None = None
+    token_ids: list[int] = Field(min_length=1)
+    sampling_params: dict[str, Any]
+    output_mode: str = "tokens"
+    stream: bool = False
 
 
 class LoraBody(BaseModel):
@@ -254,6 +267,48 @@ def create_app(engine: TransformersEngine, served_model_name: str = "mathagent",
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream")
+
+    @app.post("/inference/v1/generate", response_model=None)
+    async def generate(body: GenerateBody) -> Response:
+        """The completions route underneath, its answer reshaped into the generate route's."""
+        sp = body.sampling_params
+        known = {"max_tokens", "n", "temperature", "top_p", "seed", "stop", "include_stop_str_in_output", "skip_special_tokens"}
+        inner = CompletionBody(
+            model=body.model, prompt=body.token_ids, stream=body.stream, return_token_ids=True,
+            return_weight_versions=True, **{k: v for k, v in sp.items() if k in known},
+        )
+        resp = await completions(inner)
+        text_mode = body.output_mode == "text"
+
+        def reshape(data: dict[str, Any]) -> dict[str, Any]:
+            if "choices" not in data:
+                return data
+            for c in data["choices"]:
+                c.pop("prompt_token_ids", None)
+                c.pop("logprobs", None)
+                c.setdefault("weight_versions", None)
+                if not text_mode:
+                    c.pop("text", None)
+            return {"request_id": data.get("id"), "output_mode": body.output_mode, "choices": data["choices"]}
+
+        if isinstance(resp, StreamingResponse):
+            async def sse() -> AsyncIterator[str]:
+                async for raw in resp.body_iterator:
+                    line = raw if isinstance(raw, str) else bytes(raw).decode()
+                    payload = line.strip()[5:].strip()
+                    if payload and payload != "[DONE]":
+                        line = f"data: {json.dumps(reshape(json.loads(payload)))}\n\n"
+                    yield line
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        if resp.status_code != 200:
+            return resp
+        return JSONResponse(reshape(json.loads(bytes(resp.body))))
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> dict[str, bool]:
+        engine.clear_prefix_cache()
+        return {"success": True}
 
     @app.post("/v1/load_lora_adapter", response_model=None)
     async def load_lora(body: LoraBody) -> Response:
