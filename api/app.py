@@ -18,7 +18,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.routes import admin, chat, health, page, solve, trajectories
 from api.settings import GatewaySettings
 from api.state import AppState
-from api.swap import SwapManager
+from api.swap import SwapManager, version_source
 from api.swap_backends import Backend, TransformersBackend, VersionSource, VLLMBackend, load_weights
 from trainer.registry import CorruptVersionError, Registry
 
@@ -66,7 +66,7 @@ def build_engine(settings: GatewaySettings) -> VersionedEngine:
     except CorruptVersionError as exc:
         raise RuntimeError(f"the registry's active version is corrupt ({exc}): roll back with "
                            f"`python -m trainer` or fix {registry.root}, then restart") from exc
-    source = VersionSource(version=active, path=registry.path(active), kind=manifest.kind, base_model=manifest.base_model)
+    source = version_source(registry, manifest)
     model = load_weights(source, settings.state_dir)
     log.info("serving the registry's active version %s (%s)", active, manifest.kind)
     return TransformersEngine(model, modelstore.load_tokenizer(resolved.path), active, threads=settings.torch_threads)
@@ -85,12 +85,13 @@ def build_swap(settings: GatewaySettings, engine: VersionedEngine, metrics: Metr
         backend = TransformersBackend(engine, settings.state_dir)
     else:
         raise TypeError(f"no hot-swap backend for {type(engine).__name__}")
-    return SwapManager(engine, backend, registry_of(settings), base=base, metrics=metrics)
+    return SwapManager(engine, backend, registry_of(settings), base=base, metrics=metrics, state_dir=settings.state_dir)
 
 
 async def build_state(settings: GatewaySettings, *, engine: VersionedEngine | None = None,
-                      load_engine: bool = True) -> AppState:
-    """Connect every component. ``engine``: use this one (tests); else load the configured model."""
+                      load_engine: bool = True, engine_is_base: bool = False) -> AppState:
+    """Connect every component. ``engine``: use this one (tests); else load the configured model.
+    ``engine_is_base``: the engine handed in serves the configured model (a rollback target)."""
     from agent.solver import Solver
     from agent.trajlog import TrajectoryLog
     from sandbox.client import SandboxClient
@@ -107,7 +108,7 @@ async def build_state(settings: GatewaySettings, *, engine: VersionedEngine | No
         state.solver = Solver(engine, state.sandbox, state.trajectory_log, settings.solver_settings())
         # the configured model, a rollback target outside the registry (an engine handed in by a
         # caller, as in tests, is not assumed to be it)
-        base = await asyncio.to_thread(base_source, settings) if built_here else None
+        base = await asyncio.to_thread(base_source, settings) if built_here or engine_is_base else None
         state.swap = build_swap(settings, engine, state.metrics, base=base)
         await start_swap(state)
         state.metrics.set_version(str(engine.model_version))
@@ -116,17 +117,20 @@ async def build_state(settings: GatewaySettings, *, engine: VersionedEngine | No
 
 
 async def start_swap(state: AppState) -> None:
-    """Bring a vLLM server to the registry's active version (the in-process engine loads it directly)."""
+    """Bring a vLLM server to the registry's active version (the in-process engine loads it
+    directly), and keep it there: a server that restarts is brought back (``watch_server``)."""
     swap = state.swap
     assert swap is not None
     swap._mark_serving()
-    if not isinstance(swap.backend, VLLMBackend) or swap.registry is None:
+    if not isinstance(swap.backend, VLLMBackend):
         return
     await swap.backend.label_base()
-    active = swap.registry.active()
+    active = swap.registry.active() if swap.registry is not None else None
     if active is not None and active != swap.active:
         log.info("bringing the vLLM server to the registry's active version %s", active)
         await swap.deploy(active)
+    state.tasks.append(asyncio.create_task(swap.watch_server(state.settings.vllm_check_interval_s),
+                                           name="vllm-watch"))
 
 
 async def close_state(state: AppState, *, close_engine: bool = True) -> None:

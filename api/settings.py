@@ -32,6 +32,10 @@ class GatewaySettings(ServiceSettings):
         PUBLIC_MODEL_ID, min_length=1, description="the model id /v1/models lists: stable across weight swaps"
     )
 
+    vllm_check_interval_s: float = Field(
+        5.0, gt=0, description="how often the gateway checks that the vLLM server still serves its versions "
+        "(a restarted server is brought back)")
+
     # --- what one solve may ask for (requests beyond these get a clear 422)
     max_body_bytes: int = Field(65536, ge=1024, description="largest accepted request body")
     max_problem_chars: int = Field(8000, ge=16, description="longest accepted problem / chat message")

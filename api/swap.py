@@ -61,6 +61,16 @@ class SwapError(Exception):
         self.code = code
 
 
+def version_source(registry: Registry, manifest: Manifest) -> VersionSource:
+    """Where a registry version's weights are (a LoRA adapter trained from a registry version
+    also names that version's directory as its base)."""
+    base_path = None
+    if manifest.kind == "lora" and manifest.base_model and registry.path(manifest.base_model).is_dir():
+        base_path = registry.path(manifest.base_model)
+    return VersionSource(version=manifest.version, path=registry.path(manifest.version), kind=manifest.kind,
+                         base_model=manifest.base_model, base_path=base_path)
+
+
 def holder_name() -> str:
     return f"gateway-{socket.gethostname()}-{os.getpid()}"
 
@@ -75,8 +85,10 @@ class SwapManager:
         base: VersionSource | None,
         metrics: Metrics,
         holder: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.state_dir = state_dir  # where a LoRA version's base model spec resolves
         self.backend = backend
         self.registry = registry
         self.base = base  # the configured model (MATHAGENT_MODEL), outside the registry
@@ -185,9 +197,24 @@ class SwapManager:
             raise SwapError(409, "version_corrupt", f"refused: {exc}; the active version is unchanged") from None
         except RegistryError as exc:
             raise SwapError(404, "unknown_version", f"{exc} (published versions: GET /admin/versions)") from None
-        source = VersionSource(version=version, path=self.registry.path(version), kind=manifest.kind,
-                               base_model=manifest.base_model)
-        return source, manifest
+        return version_source(self.registry, manifest), manifest
+
+    async def _adapter_base(self, spec: str | None) -> str | None:
+        """The version a LoRA adapter applies to: a registry version named by its manifest, or the
+        content id of the model spec it names (the configured base's version when it is that model)."""
+        if not spec:
+            return None
+        if self.registry is not None and self.registry.path(spec).is_dir():
+            return spec
+        if self.state_dir is None:
+            return None
+        from agent.modelstore import ModelSpecError, resolve
+
+        try:
+            resolved = await asyncio.to_thread(resolve, spec, self.state_dir, allow_download=False)
+        except ModelSpecError:
+            return None
+        return resolved.version
 
     def _registry_name(self, version: str) -> str | None:
         """The registry version holding ``version``'s weights: ``version`` itself when published;
@@ -301,6 +328,13 @@ class SwapManager:
             with self._phase(record, "prepare") as phase:
                 source, manifest = await self._source(version)
                 record.method = self.backend.method(source)
+                if source.kind == "lora" and isinstance(self.backend, VLLMBackend):
+                    base = await self._adapter_base(source.base_model)
+                    if base != self.backend.base_slot:
+                        raise SwapError(409, "adapter_base_not_served", (
+                            f"version {version} is a LoRA adapter on {source.base_model} ({base or 'unknown'}), but "
+                            f"vLLM's base weights are {self.backend.base_slot}: deploy {base or 'its base'} first; "
+                            "the active version is unchanged"))
                 if self.backend.needs_in_place(source):
                     phase.detail = "checksums verified; the new weights replace the old in place after the drain"
                 else:
@@ -333,29 +367,48 @@ class SwapManager:
         return record
 
     async def _swap_in_place(self, record: SwapRecord, source: VersionSource, manifest: Manifest | None) -> SwapRecord:
+        """Full weights on vLLM: one slot, so admission is held while it drains, reloads and verifies.
+
+        Any failure (weights that do not load, golden prompts that do not match, an error
+        mid-way) ends with the previous weights back in the slot, checked on their own golden
+        prompts, before admission opens again; the version stays the old one."""
         assert isinstance(self.backend, VLLMBackend)
+        from agent.engines.openai_http import WeightReloadError
+
         old = self.active
+        previous, previous_manifest = await self._source(self.backend.base_slot, verify=False)
         self._gate.clear()
         try:
             with self._phase(record, "drain", detail="admission held: every solve in flight finishes first"):
                 await self._wait_released(None)
-            with self._phase(record, "load", detail="pause(wait, clear cache) -> reload_weights -> "
-                                                    "update_weight_version -> resume"):
-                await self.backend.reload_in_place(source)
+            try:
+                with self._phase(record, "load", detail="pause(wait) -> reload_weights -> reset_prefix_cache -> "
+                                                        "update_weight_version -> resume"):
+                    await self.backend.reload_in_place(source, previous)
+            except WeightReloadError as exc:
+                with self._phase(record, "verify", detail=f"{previous.version} reloaded while paused; its golden "
+                                                          "prompts before any user request"):
+                    await self._golden(previous.version, previous_manifest, record)
+                raise SwapError(409, "weights_not_loaded", f"version {source.version}: vLLM could not load its "
+                                f"weights ({exc}); {previous.version} was reloaded and checked, the active version "
+                                "is unchanged") from None
             try:
                 with self._phase(record, "verify", detail="golden prompts before any user request"):
                     await self._golden(source.version, manifest, record)
             except BaseException:
-                old_source, _ = await self._source(old, verify=False)
-                log.error("version %s failed verification: reloading %s", source.version, old)
-                await self.backend.reload_in_place(old_source)
+                log.error("version %s failed verification: reloading %s", source.version, previous.version)
+                with self._phase(record, "restore", detail=f"{previous.version} reloaded and checked"):
+                    await self.backend.restore(previous)
+                    checks = record.golden
+                    await self._golden(previous.version, previous_manifest, record)
+                    record.golden = checks  # the record shows why the new version was refused
                 if source.version in self.engine.versions and source.version != self.active:
                     self.engine.remove_version(source.version)
                 raise
             with self._phase(record, "commit"):
                 await self._point(source)
                 self.backend.flip(source.version)
-                self.backend.drop_replaced(source.version)
+                await self.backend.drop_replaced(source.version)
         finally:
             self._gate.set()
         self._commit_done(record, old)
@@ -363,6 +416,44 @@ class SwapManager:
             pass
         self._finish(record, "retired")
         return record
+
+    # ---- a vLLM server that restarted ------------------------------------------------------
+
+    async def watch_server(self, interval_s: float = 5.0) -> None:
+        """Keep a vLLM server serving what this gateway serves (runs for the gateway's life).
+
+        A vLLM server that died and came back serves its start-up weights under the label
+        ``default`` and holds no adapter: admission is held, the base slot's version and every
+        resident adapter are loaded again, then admission opens. While the server is down the
+        solves fail fast with the engine's "unavailable" error (and /readyz says so)."""
+        from agent.engines.base import EngineError
+
+        assert isinstance(self.backend, VLLMBackend)
+        backend = self.backend
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._lock.locked():
+                continue  # a swap is talking to the server
+            try:
+                why = await backend.out_of_sync()
+                if why is None:
+                    continue
+                async with self._lock:
+                    log.warning("vLLM out of sync (%s): loading %s again", why, backend.base_slot)
+                    self._gate.clear()
+                    try:
+                        await self._wait_released(None)
+                        base, _ = await self._source(backend.base_slot, verify=False)
+                        await backend.resync(base)
+                        self.metrics.swaps.labels(kind="resync", outcome="committed").inc()
+                    finally:
+                        self._gate.set()
+            except (EngineError, SwapError) as exc:
+                log.warning("vLLM check: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("vLLM check failed")
 
     def _retire_later(self, old: str, record: SwapRecord) -> None:
         task = asyncio.create_task(self._retire(old, record), name=f"retire-{old}")

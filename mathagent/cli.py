@@ -24,13 +24,18 @@ app.add_typer(bench_app, name="bench")
 
 
 @app.command()
-def up() -> None:
+def up(
+    engine: Literal["transformers", "vllm"] | None = typer.Option(
+        None, help="inference engine (default MATHAGENT_ENGINE): the in-process engine, or a vLLM server that up "
+        "starts from .venv-vllm (scripts/setup.sh vllm) unless one answers at MATHAGENT_VLLM_URL"),
+) -> None:
     """Start the whole stack (Redis, sandbox, gateway, trainer worker) on the embedded default; Ctrl-C stops it."""
     from agent.configuration import load
     from mathagent.settings import StackSettings
     from mathagent.stack import Stack
 
-    raise typer.Exit(Stack(load(StackSettings)).run())
+    overrides: dict[str, Any] = {} if engine is None else {"engine": engine}
+    raise typer.Exit(Stack(load(StackSettings, **overrides)).run())
 
 
 @app.command()

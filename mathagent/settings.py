@@ -9,6 +9,8 @@ variables. :data:`ALL_SETTINGS` is the list ``mathagent config-example`` documen
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
@@ -23,6 +25,10 @@ class StackSettings(GatewaySettings):
     """Settings of ``mathagent up``: the gateway's (it starts the gateway with them) plus the launcher's own."""
 
     start_timeout_s: float = Field(300.0, gt=0, description="how long each service may take to become healthy")
+    vllm_python: Path | None = Field(None, description="engine=vllm: the python of vLLM's own virtualenv (default: "
+                                     ".venv-vllm/bin/python of the project, which scripts/setup.sh vllm makes)")
+    vllm_start_timeout_s: float = Field(900.0, gt=0, description="engine=vllm: how long the vLLM server may take to "
+                                        "start (minutes on a busy CPU)")
 
     @model_validator(mode="after")
     def _require_admin_token(self) -> StackSettings:

@@ -2,8 +2,10 @@
 
 Order: provision the model (so a bad spec fails before anything starts), Redis (use the
 configured one; if nothing answers on loopback and ``redis-server`` exists, start a private
-one with its data under the state dir), the sandbox service, the gateway, the trainer worker
-(arq; runs retrain jobs). Each child runs in
+one with its data under the state dir), the sandbox service, with ``MATHAGENT_ENGINE=vllm`` a
+vLLM server (the configured one if it answers, else one started from ``.venv-vllm`` on the same
+checkpoint the gateway tokenizes with, see :mod:`mathagent.vllm_server`), the gateway, the
+trainer worker (arq; runs retrain jobs). Each child runs in
 its own session with PR_SET_PDEATHSIG, so even if this process is killed hard the children
 get SIGTERM; on a normal stop each child's process group gets SIGTERM, then SIGKILL after a
 grace period. Logs go to ``<state_dir>/logs/<name>.log``.
@@ -30,11 +32,22 @@ from rich.table import Table
 
 from agent.modelstore import ModelSpecError
 from mathagent.settings import StackSettings
+from mathagent.vllm_server import DEFAULT_PYTHON, VLLMServer, VLLMServerConfig, VLLMServerError
 from sandbox.settings import SOCKET_NAME
 
 console = Console(stderr=True)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SERVED_BASE = "mathagent-base"  # the vLLM --served-model-name `up` gives the base weights
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class StackError(RuntimeError):
@@ -85,6 +98,7 @@ class Stack:
         self.children: list[Child] = []
         self.logs = settings.state_dir / "logs"
         self.env = dict(os.environ)
+        self.vllm_server: VLLMServer | None = None
 
     def spawn(self, name: str, argv: list[str], where: str, env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -154,6 +168,35 @@ class Stack:
         _wait("sandbox", ready, child, self.s.start_timeout_s)
         return url
 
+    def vllm(self) -> str:
+        """The vLLM server the gateway and the trainer generate with (engine=vllm)."""
+        from agent import modelstore
+
+        url = self.s.vllm_url.rstrip("/")
+        served = self.s.vllm_model or SERVED_BASE
+        self.env.update(MATHAGENT_ENGINE="vllm", MATHAGENT_VLLM_URL=url, MATHAGENT_VLLM_MODEL=served)
+        if _answers(f"{url}/health"):
+            if not self.s.vllm_model:
+                raise StackError(f"a vLLM server answers at MATHAGENT_VLLM_URL={url}: set MATHAGENT_VLLM_MODEL to "
+                                 "its --served-model-name (and MATHAGENT_MODEL to the checkpoint it serves)")
+            return f"{url} (existing, serving {served})"
+        parsed = urlparse(url)
+        if parsed.hostname not in LOOPBACK:
+            raise StackError(f"MATHAGENT_VLLM_URL={url}: nothing answers there, and `up` starts vLLM only on loopback")
+        resolved = modelstore.resolve(self.s.model, self.s.state_dir)
+        cfg = VLLMServerConfig(
+            python=self.s.vllm_python or DEFAULT_PYTHON, model=resolved.path, served_model_name=served, host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 8001, log_path=self.logs / "vllm.log", start_timeout_s=self.s.vllm_start_timeout_s,
+        )
+        self.vllm_server = VLLMServer(cfg)
+        try:
+            self.vllm_server.start()
+        except VLLMServerError as exc:
+            raise StackError(str(exc)) from None
+        assert self.vllm_server.proc is not None
+        self.children.append(Child("vllm", self.vllm_server.proc, url, self.logs / "vllm.log"))
+        return f"{url} (vLLM, serving {served}, fp32)"
+
     def gateway(self) -> str:
         import httpx
 
@@ -201,6 +244,8 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
+        if self.vllm_server is not None:  # its engine processes outlive a killed leader: stop the group
+            self.vllm_server.stop()
         for child in reversed(self.children):
             if child.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -217,8 +262,9 @@ class Stack:
 
     def run(self) -> int:
         steps: list[tuple[str, Callable[[], str]]] = [
-            ("model", self.model), ("redis", self.redis), ("sandbox", self.sandbox), ("gateway", self.gateway),
-            ("trainer", self.trainer),
+            ("model", self.model), ("redis", self.redis), ("sandbox", self.sandbox),
+            *([("vllm", self.vllm)] if self.s.engine == "vllm" else []),
+            ("gateway", self.gateway), ("trainer", self.trainer),
         ]
         stopping = False
 

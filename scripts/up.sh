@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+case " $* ${MATHAGENT_ENGINE:-} " in
+  *" vllm "*|*"--engine=vllm"*) bash scripts/setup.sh vllm ;;  # vLLM's own virtualenv, once
+esac
 exec .venv/bin/mathagent up "$@"

@@ -47,6 +47,7 @@ from trainer.progress import Phase, Progress, ProgressFn, ignore_progress
 from trainer.recipe import Recipe
 from trainer.registry import GoldenPrompt, Registry
 from trainer.runstate import RunDir, write_json_durable
+from trainer.save import ADAPTER_DIR
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ class Driver:
         config = TrainConfig(
             pairs=d / "pairs.jsonl", out=out, model=base["path"], state_dir=self.settings.state_dir, loss=r.loss,
             beta=r.beta, alpha=r.alpha, lr=r.lr, epochs=r.epochs, max_steps=r.max_steps, per_device_batch_size=batch,
-            save_steps=r.save_steps, max_length=r.max_length, seed=r.seed, resume=True, progress=False,
+            save_steps=r.save_steps, max_length=r.max_length, seed=r.seed, resume=True, progress=False, lora=r.lora,
         )
         total = estimate_steps(n_pairs, config, r.train_processes)
         resumed_from = resumable_step(out)
@@ -419,10 +420,17 @@ class Driver:
             planned = self.registry.next_version()
             self.rd.plan_version(i, planned)
         golden = TypeAdapter(list[GoldenPrompt]).validate_json((d / "golden.json").read_text())
-        src = await asyncio.to_thread(candidate_dir, d / "train", d / "candidate")
+        adapter = d / "train" / ADAPTER_DIR
+        kind: Literal["full", "lora"]
+        if self.recipe.lora and (adapter / "adapter_config.json").is_file():
+            # the adapter itself, on the version it was trained from (what vLLM's base slot must hold)
+            src, kind, base_model = adapter, "lora", str(base["version"])
+        else:
+            src = await asyncio.to_thread(candidate_dir, d / "train", d / "candidate")
+            kind, base_model = "full", self.settings.model
         manifest = await asyncio.to_thread(
-            self.registry.publish, src, version=planned, base_model=self.settings.model, parent=base["version"],
-            kind="full",
+            self.registry.publish, src, version=planned, base_model=base_model, parent=base["version"],
+            kind=kind,
             training_config={"run_id": self.run_id, "iteration": i, "lineage_iteration": base["lineage_iteration"],
                              "temperature": base["temperature"], "recipe": self.recipe.model_dump(mode="json"),
                              "train": {k: v for k, v in train.items() if k != "config"}, "train_config": train["config"],
@@ -431,7 +439,8 @@ class Driver:
             golden=golden, on_staged=lambda _: crash_point("publish:staged"),
         )
         crash_point("publish:done")
-        shutil.rmtree(src, ignore_errors=True)
+        if kind == "full":
+            shutil.rmtree(src, ignore_errors=True)
         await self.rep.set(done=1)
         return {"version": manifest.version, "adopted": False}
 

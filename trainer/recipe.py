@@ -89,6 +89,7 @@ class Recipe(BaseModel):
     pairs_k: int
     scpo_tau: float
     loss: str
+    lora: bool = False
     lr: float
     beta: float
     alpha: float
@@ -130,6 +131,7 @@ def resolve_recipe(settings: TrainerSettings, request: RetrainRequest) -> Recipe
         pairs_k=settings.pairs_k,
         scpo_tau=settings.scpo_tau,
         loss=settings.loss,
+        lora=settings.lora,
         lr=settings.lr,
         beta=settings.beta,
         alpha=settings.alpha,

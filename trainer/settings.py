@@ -86,6 +86,8 @@ class TrainerSettings(ServiceSettings):
     pairs_k: int = Field(10, ge=1, description="IRPO pairs per problem (K)")
     scpo_tau: float = Field(0.5, ge=0, le=1, description="ScPO: minimum vote share for unlabelled prompts")
     loss: str = Field("dpo+nll", description="training loss")
+    lora: bool = Field(False, description="train a LoRA adapter and publish the adapter itself (a vLLM server "
+                       "loads it blue/green beside its base weights; the in-process engine merges it)")
     lr: float = Field(1e-6, gt=0, description="peak learning rate")
     beta: float = Field(0.1, gt=0, description="DPO beta")
     alpha: float = Field(1.0, ge=0, description="NLL coefficient")

@@ -154,6 +154,12 @@ class OpenAIHTTPEngine(TokenizerOps):
             raise EngineRequestError(f"model version {version!r} is already known")
         self._versions[version] = served_model
 
+    def remap_version(self, version: str, served_model: str) -> None:
+        """``version`` is now served under another name (an adapter loaded again after a restart)."""
+        if version not in self._versions:
+            raise EngineRequestError(f"unknown model version {version!r}")
+        self._versions[version] = served_model
+
     def set_active(self, version: str) -> None:
         if version not in self._versions:
             raise EngineRequestError(f"unknown model version {version!r} (known: {', '.join(self._versions)})")

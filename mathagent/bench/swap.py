@@ -180,17 +180,28 @@ async def _admin(url: str, token: str, t0: float, plan: list[tuple[float, str, d
                 await asyncio.sleep(0.05)
 
 
+Plan = list[tuple[float, str, dict[str, Any] | None]]  # (seconds from the start, admin route, body)
+
+
+def deploy_plan(deploy_at_s: float, deploy_version: str, rollback_at_s: float = 0.0) -> Plan:
+    plan: Plan = [(deploy_at_s, "/admin/deploy", {"version": deploy_version})]
+    if rollback_at_s > 0:
+        plan.append((rollback_at_s, "/admin/rollback", None))
+    return plan
+
+
 async def drive(url: str, token: str, *, clients: int = 8, duration_s: float = 60.0, deploy_at_s: float = 20.0,
-                rollback_at_s: float = 40.0, deploy_version: str, seed: int = 0) -> LoadReport:
+                rollback_at_s: float = 40.0, deploy_version: str = "", plan: Plan | None = None,
+                seed: int = 0) -> LoadReport:
     """Run the clients for ``duration_s``; deploy ``deploy_version`` at ``deploy_at_s`` and roll back at
-    ``rollback_at_s`` (seconds from the start)."""
+    ``rollback_at_s`` (seconds from the start), or follow ``plan``, each action waiting for the one before
+    it to settle (drained and retired)."""
     t0 = time.time()
     deadline = t0 + duration_s
     requests: list[RequestRecord] = []
     actions: list[AdminAction] = []
-    plan: list[tuple[float, str, dict[str, Any] | None]] = [(deploy_at_s, "/admin/deploy", {"version": deploy_version})]
-    if rollback_at_s > 0:
-        plan.append((rollback_at_s, "/admin/rollback", None))
+    if plan is None:
+        plan = deploy_plan(deploy_at_s, deploy_version, rollback_at_s)
     tasks = [asyncio.create_task(_client(i, url, deadline, random.Random(seed * 1000 + i), requests))
              for i in range(clients)]
     tasks.append(asyncio.create_task(_admin(url, token, t0, plan, actions)))

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
-import time
 import weakref
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support.gateway_stack import RunningApp, Stack
+from support.gateway_stack import RunningApp, Stack, admin, solve_version, wait_settled
 
 GOLDEN = ["apple: what is 2 + 2?", "river stone: what is 10 + 5?"]
 
@@ -54,28 +53,6 @@ def swap_app(stack: Stack, tokenizer: Any, tmp_path_factory: pytest.TempPathFact
     app.state.extra["test_registry"] = registry
     app.state.extra["test_tmp"] = tmp
     return app
-
-
-def admin(app: RunningApp) -> httpx.Client:
-    return app.client(headers={"Authorization": f"Bearer {app.token}"})
-
-
-def wait_settled(c: httpx.Client, timeout: float = 60) -> dict[str, Any]:
-    """Until no swap is running or draining (the old version retired)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = c.get("/admin/versions").json()
-        if body["swap"] is None and len(body["resident"]) == 1:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.05)
-
-
-def solve_version(app: RunningApp) -> str:
-    with app.client() as c:
-        r = c.post("/v1/solve", json={"problem": "what is 1+1?", "mode": "cot"})
-    assert r.status_code == 200, r.text
-    return str(r.json()["model_version"])
 
 
 def test_versions_deploy_rollback(swap_app: RunningApp) -> None:

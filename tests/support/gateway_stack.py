@@ -96,7 +96,7 @@ class Stack:
         await self._sandbox_cm.__aenter__()
         return socket_url(self.tmp / "sandbox")
 
-    def serve(self, engine: Any, **overrides: Any) -> RunningApp:
+    def serve(self, engine: Any, *, engine_is_base: bool = False, **overrides: Any) -> RunningApp:
         """A gateway on ``engine`` (None: the one MATHAGENT_MODEL names, loaded as in production,
         with the configured base model as a version), served with the production uvicorn config."""
         import uvicorn
@@ -113,7 +113,7 @@ class Stack:
         })
 
         async def start() -> RunningApp:
-            state = await build_state(settings, engine=engine)
+            state = await build_state(settings, engine=engine, engine_is_base=engine_is_base)
             app = create_app(settings, state=state)
             config = uvicorn_config(app, settings, log_level="warning", lifespan="on")
             server = uvicorn.Server(config)
@@ -127,6 +127,18 @@ class Stack:
         running = self.loop.run(start())
         self.apps.append(running)
         return running
+
+    def stop_app(self, app: RunningApp) -> None:
+        """Stop one gateway (its background tasks too: a vLLM gateway keeps checking its server)."""
+        from api.app import close_state
+
+        async def stop() -> None:
+            app.server.should_exit = True
+            await asyncio.wait_for(app.task, 30)
+            await close_state(app.state)
+
+        self.loop.run(stop(), timeout=60)
+        self.apps.remove(app)
 
     def close(self) -> None:
         from api.app import close_state
@@ -149,3 +161,28 @@ class Stack:
             self.loop.stop()
             self.redis_proc.terminate()
             self.redis_proc.wait(10)
+
+
+# ---- clients of a running gateway -----------------------------------------------------------
+
+
+def admin(app: RunningApp) -> httpx.Client:
+    return app.client(headers={"Authorization": f"Bearer {app.token}"})
+
+
+def wait_settled(c: httpx.Client, timeout: float = 60) -> dict[str, Any]:
+    """Until no swap is running or draining (the old version retired)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = c.get("/admin/versions").json()
+        if body["swap"] is None and len(body["resident"]) == 1:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+
+
+def solve_version(app: RunningApp) -> str:
+    with app.client() as c:
+        r = c.post("/v1/solve", json={"problem": "what is 1+1?", "mode": "cot"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["model_version"])
