@@ -5,7 +5,8 @@ the eval gate.
 Labels of a logged trajectory, strongest first: a corrected answer given as feedback, the gold
 answer the caller sent with the solve, a thumbs-up (its own answer is right). Anything else is
 an unlabelled prompt. Only user traffic (``source="api"``) counts: the trainer's own rollouts
-and evaluations never come back as prompts. Duplicated problem texts are kept once.
+and evaluations never come back as prompts, and neither do chat turns that depend on their
+context (``Trajectory.standalone``: a follow-up is no problem by itself). Duplicated problem texts are kept once.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ async def logged_prompts(redis_url: str, spool_dir: Path, prefix: str, *, limit:
             for _, fields in entries:
                 traj = Trajectory.model_validate_json(fields["data"])
                 text = traj.problem.strip()
-                if traj.source is not Source.api or not text or text in exclude:
+                if traj.source is not Source.api or not traj.standalone or not text or text in exclude:
                     continue
                 gold = corrected.get(traj.id) or traj.gold
                 if gold is None and rated.get(traj.id) == "up" and traj.answer:
