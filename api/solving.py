@@ -156,7 +156,8 @@ async def require_ready(state: AppState, *, sandbox: bool) -> None:
         if status != "ok":
             raise RuntimeError(f"it reports {status!r}")
     except Exception as exc:
-        why = f"{type(exc).__name__}: {exc}".strip().rstrip(":")[:160]
+        why = type(exc).__name__  # the details (socket paths...) are for /readyz and the logs, not every client
+        log.warning("refusing a solve: the sandbox is not answering: %s", exc)
         raise ApiError(
             503, f"the sandbox that runs the agent's code is not answering ({why}). Solves are refused until it is "
             f"back: retry in a few seconds; GET /readyz shows each component. Operators: `mathagent up` starts it.",
