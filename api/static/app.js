@@ -47,7 +47,8 @@
   function tex(src, display) {
     if (!window.katex) return `<code>${escapeHtml(src)}</code>`;
     try {
-      return window.katex.renderToString(src, { displayMode: display, throwOnError: false, trust: false, strict: "ignore", maxExpand: 200, maxSize: 20 });
+      const html = window.katex.renderToString(src, { displayMode: display, throwOnError: false, trust: false, strict: "ignore", maxExpand: 200, maxSize: 20 });
+      return html.replace(/ style="/g, ' data-style="'); // KaTeX escapes quotes in text: this only meets attributes
     } catch (e) {
       return `<code>${escapeHtml(src)}</code>`;
     }
@@ -73,19 +74,12 @@
     const html = unstash(window.marked ? window.marked.parse(src, { gfm: true, breaks: true, async: false }) : escapeHtml(src));
     return window.DOMPurify ? window.DOMPurify.sanitize(html, PURIFY) : escapeHtml(src);
   }
-  // The page's CSP allows no inline style attributes. KaTeX positions its boxes with them, so the
-  // sanitiser moves each to data-style and setHtml applies it through the CSSOM, which CSP allows.
-  if (window.DOMPurify) {
-    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-      if (node.hasAttribute && node.hasAttribute("style")) {
-        node.setAttribute("data-style", node.getAttribute("style"));
-        node.removeAttribute("style");
-      }
-    });
-  }
+  // The page's CSP allows no inline style attributes (not even while DOMPurify parses). KaTeX
+  // positions its boxes with them, so tex() renames them to data-style and setHtml applies them
+  // through the CSSOM, which CSP allows; only inside KaTeX's own output.
   function setHtml(node, html) {
     node.innerHTML = html;
-    node.querySelectorAll("[data-style]").forEach((n) => { n.style.cssText = n.dataset.style; n.removeAttribute("data-style"); });
+    node.querySelectorAll(".katex [data-style]").forEach((n) => { n.style.cssText = n.dataset.style; n.removeAttribute("data-style"); });
   }
   function setMath(node, text) {
     setHtml(node, renderMarkdown(text));
