@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.conversation import Conversation, Turn
+from api import housekeeping
 from api.errors import ApiError
-from api.housekeeping import housekeeping_kind
 from api.openai_protocol import ChatCompletionRequest, ChatMessage
 
 PLAIN_SUFFIX = "-plain"
@@ -36,7 +36,7 @@ def plain_model_id(public_id: str) -> str:
 @dataclass
 class ChatPlan:
     plain: bool
-    reason: str  # why plain ("model id", the housekeeping kind) or "agent"
+    housekeeping: str | None  # the frontend task the message is a prompt of (answered plainly, briefly)
     problem: str  # the last user message
     conversation: Conversation  # system prompt and earlier turns
     problem_index: int  # position of the problem in `messages` (for `param`)
@@ -117,10 +117,14 @@ def conversation_of(messages: list[ChatMessage]) -> tuple[Conversation, str, int
 def plan(body: ChatCompletionRequest, public_id: str) -> ChatPlan:
     """Route the request (agent or plain) and check every field against what that route supports."""
     conversation, problem, index = conversation_of(body.messages)
-    if body.model == plain_model_id(public_id):
-        reason = "plain model"
-    else:
-        reason = housekeeping_kind(problem) or "agent"
-    plain = reason != "agent"
+    kind = housekeeping.housekeeping_kind(problem)
+    plain = kind is not None or body.model == plain_model_id(public_id)
     check_supported(body, plain=plain)
-    return ChatPlan(plain=plain, reason=reason, problem=problem, conversation=conversation, problem_index=index)
+    return ChatPlan(plain=plain, housekeeping=kind, problem=problem, conversation=conversation, problem_index=index)
+
+
+def reply_limit(body: ChatCompletionRequest, p: ChatPlan) -> int | None:
+    """The reply's bound: the request's, and for housekeeping at most ``housekeeping.MAX_TOKENS``."""
+    if p.housekeeping is None:
+        return body.reply_tokens
+    return min(body.reply_tokens or housekeeping.MAX_TOKENS, housekeeping.MAX_TOKENS)

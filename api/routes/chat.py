@@ -22,7 +22,7 @@ from fastapi import APIRouter, Header, Request
 from agent.events import SolveResult
 from agent.trajectory import EpisodeEnd, Trajectory
 from api import plain, solving
-from api.chat_request import ChatPlan, plain_model_id, plan, stop_sequences
+from api.chat_request import ChatPlan, plain_model_id, plan, reply_limit, stop_sequences
 from api.deps import RateLimited, State
 from api.errors import ApiError, ErrorBody, ErrorResponse, error_type
 from api.openai_errors import OpenAIRoute
@@ -105,7 +105,7 @@ def _plain_args(body: ChatCompletionRequest, p: ChatPlan, state: State) -> plain
     if not p.problem.strip():
         raise ApiError(400, f"messages[{p.problem_index}].content: must not be empty",
                        param=f"messages[{p.problem_index}].content", code="empty_problem")
-    return plain.PlainArgs(conversation=p.conversation, problem=p.problem, max_tokens=body.reply_tokens,
+    return plain.PlainArgs(conversation=p.conversation, problem=p.problem, max_tokens=reply_limit(body, p),
                            temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop_sequences(body))
 
 
@@ -132,8 +132,9 @@ async def chat_completions(
     p = plan(body, state.settings.public_model_id)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if p.plain:
-        if p.reason != "plain model":
-            log.info("chat.completions: %s request answered by plain generation (no episode, not logged)", p.reason)
+        if p.housekeeping is not None:
+            log.info("chat.completions: %s request answered by plain generation (no episode, not logged)",
+                     p.housekeeping)
         pargs = _plain_args(body, p, state)
         await solving.require_ready(state, sandbox=False)
         if body.stream:
