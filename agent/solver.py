@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -203,6 +204,7 @@ class Solver:
             )
             for i in range(samples)
         ]
+        getter: asyncio.Future[EpisodeEvent] | None = None
         try:
             pending = set(tasks)
             while pending or not queue.empty():
@@ -222,10 +224,11 @@ class Solver:
                 else:
                     yield queue.get_nowait()
             chains = [t.result() for t in tasks]
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:  # a consumer that stops early (a client gone) leaves no task pending, the queue getter included
+            leftovers: list[asyncio.Future[Any]] = [*tasks, *([getter] if getter is not None else [])]
+            for f in leftovers:
+                f.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
 
         trajectories = sorted((t for c in chains for t in c), key=lambda t: t.created_at)
         finals = [c[-1] for c in chains]

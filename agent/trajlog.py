@@ -5,8 +5,10 @@ Layout (``P`` = the key prefix, ``mathagent`` by default):
 - ``P:trajectories``        stream, one entry per finished trajectory (fields ``id``, ``data``); no
                             trimming unless ``maxlen`` is set.
 - ``P:trajectories:index``  hash trajectory id -> stream entry id (lookup by id).
-- ``P:feedback``            stream of feedback records; ``P:feedback:<trajectory id>`` a list of
-                            the same records keyed by trajectory.
+- ``P:feedback``            stream of feedback records (every post, in order: what the trainer reads);
+                            ``P:feedback:by-caller:<trajectory id>`` a hash caller -> that caller's
+                            latest record (what a trajectory shows; one rating per caller, latest
+                            wins, at most ``cap`` callers per trajectory: the append refuses more).
 - ``P:dedupe:<key>``        one key per written record: the append is a Lua script that writes the
                             record only if its dedupe key is new, so replaying a record whose
                             first write did reach Redis (reply lost) never duplicates it.
@@ -60,6 +62,22 @@ end
 return false
 """
 
+# KEYS: stream, dedupe key, the trajectory's by-caller hash; ARGV: ttl, cap (0 = none), caller, then
+# the entry's field/value pairs, the record's JSON last. Returns 0 when a new caller would exceed the cap.
+_FEEDBACK_LUA = """
+local cap = tonumber(ARGV[2])
+if cap > 0 and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 0 and redis.call('HLEN', KEYS[3]) >= cap then
+  return 0
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[#ARGV])
+  return entry
+end
+return false
+"""
+LEGACY_FEEDBACK_SHOWN = 50  # records of a pre-by-caller feedback list a reader still sees (the newest)
+
 
 class TrajectorySink(Protocol):
     """What the solver needs: somewhere to append finished trajectories."""
@@ -68,7 +86,8 @@ class TrajectorySink(Protocol):
 
 
 class Feedback(BaseModel):
-    """A user's verdict on a trajectory; becomes a label for the trainer."""
+    """A user's verdict on a trajectory. Only a *trusted* one (from the caller who solved it, or
+    an admin: the gateway decides) becomes a label for the trainer; any other is a vote."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     trajectory_id: str
@@ -76,12 +95,23 @@ class Feedback(BaseModel):
     corrected_answer: str | None = None
     comment: str | None = Field(None, max_length=4000)
     created_at: float = Field(default_factory=time.time)
+    caller: str | None = Field(None, description="opaque id of who sent it: one record per caller and trajectory "
+                               "counts (the latest); None: every record is its own caller")
+    trusted: bool = Field(False, description="from the solving caller (its feedback token) or an admin")
+
+    @property
+    def caller_key(self) -> str:
+        return self.caller or f"anon:{self.id}"
+
+
+FeedbackWrite = Literal["stored", "spooled", "over_cap"]
 
 
 class SpoolRecord(BaseModel):
     kind: Literal["trajectory", "feedback"]
     dedupe: str
     payload: str  # the record's JSON
+    cap: int = 0  # feedback: distinct callers per trajectory at most (0 = none)
 
 
 class LoggedTrajectory(BaseModel):
@@ -113,6 +143,7 @@ class TrajectoryLog:
             redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, decode_responses=True
         )
         self._script = self.redis.register_script(_APPEND_LUA)
+        self._feedback_script = self.redis.register_script(_FEEDBACK_LUA)
         self._lock = asyncio.Lock()
         self._next_retry = 0.0
         self._seq = 0
@@ -123,22 +154,31 @@ class TrajectoryLog:
         """Append one finished trajectory (never raises because Redis is down)."""
         await self._write(SpoolRecord(kind="trajectory", dedupe=f"t:{traj.id}", payload=traj.model_dump_json()))
 
-    async def add_feedback(self, feedback: Feedback) -> None:
-        await self._write(SpoolRecord(kind="feedback", dedupe=f"f:{feedback.id}", payload=feedback.model_dump_json()))
+    async def add_feedback(self, feedback: Feedback, *, cap: int = 0) -> FeedbackWrite:
+        """Append one feedback record; it replaces its caller's earlier one on the trajectory.
+        ``cap`` > 0: refused (``over_cap``) when it would be the trajectory's ``cap + 1``-th caller
+        (a record spooled while Redis is down is checked when it is replayed, and dropped then)."""
+        rec = SpoolRecord(kind="feedback", dedupe=f"f:{feedback.id}", payload=feedback.model_dump_json(), cap=cap)
+        return await self._write(rec)
 
-    async def _write(self, rec: SpoolRecord) -> None:
+    async def _write(self, rec: SpoolRecord) -> FeedbackWrite:
         async with self._lock:
             if self.spooled() and not await self._replay_locked():
                 self._spool(rec)
-                return
+                return "spooled"
             try:
-                await self._send(rec)
+                return await self._send(rec)
             except _UNAVAILABLE as exc:
                 log.warning("redis unreachable (%s); spooling %s", type(exc).__name__, rec.dedupe)
                 self._next_retry = time.monotonic() + self.retry_interval_s
                 self._spool(rec)
+                return "spooled"
 
-    async def _send(self, rec: SpoolRecord) -> None:
+    def feedback_key(self, trajectory_id: str) -> str:
+        """The hash of one trajectory's latest feedback per caller."""
+        return f"{self.feedback_stream}:by-caller:{trajectory_id}"
+
+    async def _send(self, rec: SpoolRecord) -> FeedbackWrite:
         dedupe_key = f"{self.prefix}:dedupe:{rec.dedupe}"
         ttl, maxlen = str(DEDUPE_TTL_S), str(self.maxlen or 0)
         if rec.kind == "trajectory":
@@ -146,12 +186,13 @@ class TrajectoryLog:
             await self._script(
                 keys=[self.stream, dedupe_key, self.index, ""], args=[ttl, maxlen, tid, "id", tid, "data", rec.payload]
             )
-        else:
-            tid = json.loads(rec.payload)["trajectory_id"]
-            await self._script(
-                keys=[self.feedback_stream, dedupe_key, "", f"{self.feedback_stream}:{tid}"],
-                args=[ttl, "0", "", "trajectory_id", tid, "data", rec.payload],
-            )
+            return "stored"
+        fb = Feedback.model_validate_json(rec.payload)
+        result = await self._feedback_script(
+            keys=[self.feedback_stream, dedupe_key, self.feedback_key(fb.trajectory_id)],
+            args=[ttl, str(rec.cap), fb.caller_key, "trajectory_id", fb.trajectory_id, "data", rec.payload],
+        )
+        return "over_cap" if result == 0 else "stored"
 
     # ------------------------------------------------------------------ spool
 
@@ -192,7 +233,9 @@ class TrajectoryLog:
                 path.rename(path.with_suffix(".bad"))
                 continue
             try:
-                await self._send(rec)
+                if await self._send(rec) == "over_cap":
+                    log.warning("spooled feedback %s dropped: its trajectory has feedback from %d callers", rec.dedupe,
+                                rec.cap)
             except _UNAVAILABLE:
                 self._next_retry = time.monotonic() + self.retry_interval_s
                 return False
@@ -248,8 +291,11 @@ class TrajectoryLog:
         return int(await self.redis.xack(self.stream, group, *entry_ids)) if entry_ids else 0
 
     async def feedback(self, trajectory_id: str) -> list[Feedback]:
-        raw = await self.redis.lrange(f"{self.feedback_stream}:{trajectory_id}", 0, -1)
-        return [Feedback.model_validate_json(r) for r in raw]
+        """The trajectory's feedback: each caller's latest record, oldest first (plus the newest
+        records of a list written before feedback was kept per caller)."""
+        raw = list(await self.redis.hvals(self.feedback_key(trajectory_id)))
+        raw += await self.redis.lrange(f"{self.feedback_stream}:{trajectory_id}", -LEGACY_FEEDBACK_SHOWN, -1)
+        return sorted((Feedback.model_validate_json(r) for r in raw), key=lambda f: f.created_at)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

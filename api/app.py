@@ -13,8 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
-from api.limits import BodyLimitMiddleware
+from api import errors, guards
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import admin, chat, health, page, solve, trajectories
 from api.settings import GatewaySettings
@@ -183,7 +182,7 @@ def create_app(settings: GatewaySettings, *, state: AppState | None = None) -> F
     for router in (health.router, solve.router, chat.router, trajectories.router, admin.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees the 413s too
+    guards.install(app, settings)  # Host allow-list, body size and read time
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees the 400/408/413s too
     return app
 

@@ -40,7 +40,7 @@ TrajectoryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 
 
 class SolveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     problem: Problem = Field(description="the math problem, plain text or LaTeX")
     gold: Annotated[str, Field(max_length=1000), AfterValidator(clean_text)] | None = Field(
@@ -86,6 +86,10 @@ class SolveResponse(BaseModel):
     text: str = Field(description="the model's response with its code and output blocks, as the model saw them")
     calls: list[CallOut]
     elapsed_ms: float
+    feedback_token: str | None = Field(
+        None, description="send it with feedback on `trajectory_id` (POST /v1/trajectories/{id}/feedback): it "
+        "proves the feedback comes from whoever solved it, so its answer may become a training label"
+    )
 
 
 # ---- the events of `POST /v1/solve` with `stream: true` (SSE `event:` = `type`)
@@ -157,13 +161,17 @@ def call_out(turn: int, code: str, result: ExecResult) -> CallOut:
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rating: Literal["up", "down"]
     answer: Annotated[str, Field(max_length=1000), AfterValidator(clean_text)] | None = Field(
         None, description="the correct answer, if the user knows it"
     )
     comment: Annotated[str, Field(max_length=4000), AfterValidator(clean_text)] | None = None
+    feedback_token: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")] | None = Field(
+        None, description="the `feedback_token` of the solve that produced this trajectory: with it (or the admin "
+        "token) the feedback is trusted and its answer becomes a training label; without it, it counts as a vote"
+    )
 
 
 class FeedbackOut(BaseModel):
@@ -173,6 +181,8 @@ class FeedbackOut(BaseModel):
     corrected_answer: str | None
     comment: str | None
     created_at: float
+    trusted: bool = Field(False, description="from the caller who solved it (its feedback token) or an admin: "
+                          "a training label; otherwise a vote")
 
 
 class TrajectoryOut(BaseModel):

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
+from api.callers import Callers
+from api.feedback import FeedbackTokens
 from api.idempotency import IdempotencyStore
 from api.limits import RateLimiter
 from api.metrics import Metrics
@@ -33,6 +35,8 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     limiter: RateLimiter | None = None
     idempotency: IdempotencyStore | None = None
+    callers: Callers | None = None  # who is calling (rate limits, feedback trust)
+    feedback_tokens: FeedbackTokens | None = None  # proof of having solved a trajectory
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -42,6 +46,10 @@ class AppState:
             self.limiter = RateLimiter(self.redis, s.redis_prefix, s.rate_limit_per_minute)
         if self.idempotency is None:
             self.idempotency = IdempotencyStore(self.redis, s.redis_prefix, s.idempotency_ttl_s)
+        if self.callers is None:
+            self.callers = Callers(s)
+        if self.feedback_tokens is None:
+            self.feedback_tokens = FeedbackTokens(s)
 
     @property
     def model_version(self) -> str | None:

@@ -159,7 +159,7 @@ class SwapManager:
         if self.registry is None:
             return
         try:
-            self.registry.mark_serving(self.holder, [v for v in resident if self.base is None or v != self.base.version])
+            self.registry.mark_serving(self.holder, [self._registry_name(v) or v for v in resident])
         except (OSError, RegistryError) as exc:  # gc protection is best effort; serving goes on
             log.warning("could not mark resident versions in the registry: %s", exc)
 
@@ -189,12 +189,30 @@ class SwapManager:
                                base_model=manifest.base_model)
         return source, manifest
 
+    def _registry_name(self, version: str) -> str | None:
+        """The registry version holding ``version``'s weights: ``version`` itself when published;
+        for the configured base model also the trainer's import of it (named by its content id;
+        an import made before imports were, under a ``vNNNN`` name with that content id recorded)."""
+        if self.registry is None:
+            return None
+        with contextlib.suppress(RegistryError):
+            if self.registry.path(version).is_dir():
+                return version
+        if self.base is not None and version == self.base.version:
+            for m in self.registry.manifests():
+                if m.parent is None and m.training_config.get("content_id") == version:
+                    return m.version
+        return None
+
     async def _point(self, source: VersionSource) -> None:
-        """The durable half of commit: the registry's active pointer."""
+        """The durable half of commit: the registry's active pointer names the weights now served
+        (the configured base model too, once the trainer imported it); none only for weights the
+        registry does not hold."""
         if self.registry is None:
             return
-        if source.in_registry:
-            await asyncio.to_thread(self.registry.activate, source.version, verify=False)
+        name = await asyncio.to_thread(self._registry_name, source.version)
+        if name is not None:
+            await asyncio.to_thread(self.registry.activate, name, verify=False)
         else:
             await asyncio.to_thread(self.registry.deactivate)
 
@@ -384,23 +402,29 @@ class SwapManager:
         return None
 
     def versions(self) -> VersionsResponse:
+        """Every version once: the configured base model and the trainer's import of it are one
+        entry, under the name the engine serves it by."""
         resident = self.backend.resident()
         active = self.active
         pointer = self.registry.pointer() if self.registry is not None else None
         infos: list[VersionInfo] = []
-        flags = {"active": active, "previous": self.previous}
-        if self.base is not None:
-            v = self.base.version
-            infos.append(VersionInfo(version=v, in_registry=False, active=v == flags["active"],
-                                     previous=v == flags["previous"], resident=v in resident,
-                                     pinned_episodes=self.refs.get(v, 0), base_model=str(self.base.path)))
+        base = self.base.version if self.base is not None else None
+        base_import = self._registry_name(base) if base is not None else None
+        if self.base is not None and base is not None and base_import is None:
+            infos.append(VersionInfo(version=base, in_registry=False, configured_base=True, active=base == active,
+                                     previous=base == self.previous, resident=base in resident,
+                                     pinned_episodes=self.refs.get(base, 0), base_model=str(self.base.path)))
         manifests = self.registry.manifests() if self.registry is not None else []
         for m in manifests:
+            is_base = base is not None and m.version == base_import
+            v = base if is_base and base is not None else m.version
             infos.append(VersionInfo(
-                version=m.version, in_registry=True, active=m.version == active, previous=m.version == self.previous,
-                resident=m.version in resident, pinned_episodes=self.refs.get(m.version, 0), kind=m.kind,
-                parent=m.parent, base_model=m.base_model, created_at=m.created_at, eval_results=m.eval_results,
-                training_config=m.training_config, golden_prompts=len(m.golden), files=len(m.files),
+                version=v, in_registry=True, configured_base=is_base,
+                registry_version=m.version if m.version != v else None, active=v == active,
+                previous=v == self.previous or m.version == self.previous, resident=v in resident,
+                pinned_episodes=self.refs.get(v, 0), kind=m.kind, parent=m.parent, base_model=m.base_model,
+                created_at=m.created_at, eval_results=m.eval_results, training_config=m.training_config,
+                golden_prompts=len(m.golden), files=len(m.files),
             ))
         known = {i.version for i in infos}
         for v in resident:  # e.g. a version given to the engine directly (tests, embedded use)

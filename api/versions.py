@@ -49,7 +49,12 @@ class SwapRecord(BaseModel):
 
 class VersionInfo(BaseModel):
     version: str
-    in_registry: bool = Field(description="false for the configured base model (MATHAGENT_MODEL)")
+    in_registry: bool = Field(description="published in the registry (the configured base model is, once the "
+                              "trainer imported it)")
+    configured_base: bool = Field(False, description="the configured model (MATHAGENT_MODEL): listed once, under the "
+                                  "version the engine serves it as (its content id)")
+    registry_version: str | None = Field(None, description="the registry's other name for these weights (an import "
+                                         "of the base model made before imports were named by its content id)")
     active: bool
     previous: bool
     resident: bool = Field(description="loaded in the inference engine now")

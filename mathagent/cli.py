@@ -43,11 +43,14 @@ def up() -> None:
 
 
 @app.command()
-def provision() -> None:
+def provision(
+    export: Path | None = typer.Option(None, help="also make this path a symlink to the checkpoint (what a "
+                                       "vLLM server is then started on: the same files as the gateway's tokenizer)"),
+) -> None:
     """Resolve the configured model (MATHAGENT_MODEL), converting/downloading it once into the cache."""
     from mathagent.commands.generate import run_provision
 
-    raise typer.Exit(run_provision())
+    raise typer.Exit(run_provision(export))
 
 
 @app.command()

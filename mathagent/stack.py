@@ -89,7 +89,8 @@ class Stack:
     def spawn(self, name: str, argv: list[str], where: str, env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
-        with open(log, "ab") as fh:
+        with open(log, "ab", opener=lambda path, flags: os.open(path, flags, 0o600)) as fh:
+            os.fchmod(fh.fileno(), 0o600)  # logs may hold request details: the owner's only (also one made earlier)
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                 env=env if env is not None else self.env, start_new_session=True, preexec_fn=_pdeathsig,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import sys
+from typing import Any
+
+import typer
 
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "MATHAGENT_DEV", "MATHAGENT_STATE_DIR")
 _REEXECED = "MATHAGENT_SANDBOX_REEXECED"
+
+app = typer.Typer(name="python -m sandbox", help="mathagent's sandboxed Python executor",
+                  no_args_is_help=True, add_completion=False)
 
 
 def _clean_environment_or_reexec() -> None:
@@ -22,7 +27,14 @@ def _clean_environment_or_reexec() -> None:
         os.execve(sys.executable, [sys.executable, "-m", "sandbox", *sys.argv[1:]], keep)
 
 
-def _serve(args: argparse.Namespace) -> int:
+@app.command()
+def serve(
+    socket: str | None = typer.Option(None, "--socket", help="unix socket path (created 0600)"),
+    port: int | None = typer.Option(None, "--port", help="loopback TCP port (127.0.0.1 only)"),
+) -> None:
+    """Run the sandbox service."""
+    if socket is not None and port is not None:
+        raise typer.BadParameter("--socket and --port are mutually exclusive")
     _clean_environment_or_reexec()
     import logging
 
@@ -32,36 +44,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = SandboxSettings()
-    socket_path = args.socket
-    if args.port is None and socket_path is None:
+    if port is None and socket is None:
         url = settings.resolved_url
         if url.startswith("http://"):
-            args.port = int(url.rsplit(":", 1)[1].split("/")[0])
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
         else:
-            socket_path = url[len("unix://"):]
+            socket = url[len("unix://"):]
     try:
-        run(settings, socket_path=socket_path, port=args.port)
+        run(settings, socket_path=socket, port=port)
     except SandboxUnavailable as e:
-        print(f"sandbox: {e}", file=sys.stderr)
-        return 2
-    return 0
+        typer.echo(f"sandbox: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
-async def _exec(args: argparse.Namespace) -> int:
+def _one_line(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+async def _exec(code: str, session: str | None, timeout: float | None, memory_mb: int | None) -> int:
     from sandbox.client import SandboxClient, SandboxUnreachable
     from sandbox.settings import SandboxSettings
 
-    if args.file == "-":
-        code = sys.stdin.read()
-    else:
-        with open(args.file, encoding="utf-8") as f:
-            code = f.read()
     settings = SandboxSettings()
     client = SandboxClient(settings.resolved_url)
     try:
         await client.health()
-        result = await client.execute(code, session_id=args.session, timeout_s=args.timeout,
-                                      memory_mb=args.memory_mb)
+        result = await client.execute(code, session_id=session, timeout_s=timeout, memory_mb=memory_mb)
     except SandboxUnreachable:
         # No service: run one ephemeral supervisor just for this snippet (imported only here: a call
         # against a running service does not need it).
@@ -69,15 +78,40 @@ async def _exec(args: argparse.Namespace) -> int:
 
         try:
             async with Supervisor(settings.model_copy(update={"pool_size": 1, "max_sessions": 1})) as sup:
-                result = await sup.execute(code, session_id=args.session, timeout_s=args.timeout,
-                                           memory_mb=args.memory_mb)
+                result = await sup.execute(code, session_id=session, timeout_s=timeout, memory_mb=memory_mb)
         except SandboxUnavailable as e:
-            print(json.dumps({"status": "sandbox_error", "detail": str(e)}))
+            _one_line({"status": "sandbox_error", "detail": str(e)})
             return 2
     finally:
         await client.aclose()
-    print(result.model_dump_json())
+    sys.stdout.write(result.model_dump_json() + "\n")
+    sys.stdout.flush()
     return 0
+
+
+@app.command("exec")
+def exec_(
+    file: str = typer.Argument(..., help="a file with Python code, or - for stdin"),
+    session: str | None = typer.Option(None, "--session", help="run in this stateful session"),
+    timeout: float | None = typer.Option(None, "--timeout", help="wall-clock limit in seconds"),
+    memory_mb: int | None = typer.Option(None, "--memory-mb", help="memory limit in MiB"),
+) -> None:
+    """Run one snippet and print one JSON ExecResult (one line, whatever happens)."""
+    try:
+        if file == "-":
+            code = sys.stdin.read()
+        else:
+            with open(file, encoding="utf-8") as f:
+                code = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        _one_line({"status": "sandbox_error", "detail": f"cannot read the code: {e}"})
+        raise typer.Exit(2) from None
+    try:
+        rc = asyncio.run(_exec(code, session, timeout, memory_mb))
+    except Exception as e:  # a failure of the executor itself: still the one JSON line, never a traceback
+        _one_line({"status": "sandbox_error", "detail": f"sandbox failure: {type(e).__name__}: {e}"[:300]})
+        rc = 1
+    raise typer.Exit(rc)
 
 
 async def _service_health(url: str) -> tuple[dict | None, str]:
@@ -115,46 +149,36 @@ def _doctor_quiet(url: str) -> int:
     return 0
 
 
-def _doctor(args: argparse.Namespace) -> int:
+@app.command()
+def doctor(
+    quiet: bool = typer.Option(False, "--quiet", help="healthcheck: print nothing and exit 0 only if every "
+                               "protection is available and a service answers at the configured URL"),
+    url: str | None = typer.Option(None, "--url", help="service URL to check (default: MATHAGENT_SANDBOX_URL "
+                                   "or the state dir's socket)"),
+) -> None:
+    """Print which protections this host supports."""
     from sandbox.capabilities import probe
     from sandbox.settings import SandboxSettings
 
     settings = SandboxSettings()
-    url = args.url or settings.resolved_url
-    if args.quiet:
-        return _doctor_quiet(url)
+    target = url or settings.resolved_url
+    if quiet:
+        raise typer.Exit(_doctor_quiet(target))
     host = probe()
     missing = host.missing()
     report = {"host": host.model_dump(), "missing": missing, "strict": settings.strict_mode,
               "would_start": not (settings.strict_mode and missing)}
     print(json.dumps(report, indent=2))
-    return 0 if not missing else 1
+    raise typer.Exit(0 if not missing else 1)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sandbox", description="mathagent's sandboxed Python executor")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="run the sandbox service")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--socket", help="unix socket path (created 0600)")
-    g.add_argument("--port", type=int, help="loopback TCP port (127.0.0.1 only)")
-    e = sub.add_parser("exec", help="run one snippet and print one JSON ExecResult")
-    e.add_argument("--session", default=None)
-    e.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
-    e.add_argument("--memory-mb", type=int, default=None, help="memory limit in MiB")
-    e.add_argument("file", help="a file with Python code, or - for stdin")
-    d = sub.add_parser("doctor", help="print which protections this host supports")
-    d.add_argument("--quiet", action="store_true",
-                   help="healthcheck: print nothing and exit 0 only if every protection is available and a "
-                        "service answers at the configured URL")
-    d.add_argument("--url", default=None, help="service URL to check (default: MATHAGENT_SANDBOX_URL or the "
-                                               "state dir's socket)")
-    args = p.parse_args(argv)
-    if args.cmd == "serve":
-        return _serve(args)
-    if args.cmd == "exec":
-        return asyncio.run(_exec(args))
-    return _doctor(args)
+    """Run the CLI; returns the exit status (for callers that do not want SystemExit)."""
+    try:
+        app(args=argv, prog_name="python -m sandbox")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

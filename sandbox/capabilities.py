@@ -14,13 +14,16 @@ from pydantic import BaseModel
 
 from sandbox import cgroups, linux
 
-REQUIRED = ("uid", "mount_ns", "net_ns", "landlock", "seccomp", "cgroup_memory", "cgroup_pids", "cgroup_cpuacct")
+REQUIRED = ("uid", "mount_ns", "pid_ns", "ipc_ns", "net_ns", "landlock", "seccomp", "cgroup_memory", "cgroup_pids",
+            "cgroup_cpuacct")
 
 
 class HostProtections(BaseModel):
     root: bool
     uid: bool
-    mount_ns: bool
+    mount_ns: bool  # and with it the workers' minimal filesystem view (pivot_root)
+    pid_ns: bool
+    ipc_ns: bool
     net_ns: bool
     landlock: int  # ABI version, 0 when missing
     seccomp: bool
@@ -66,6 +69,8 @@ def probe() -> HostProtections:
         root=root,
         uid=root,
         mount_ns=root and _can_unshare(linux.CLONE_NEWNS),
+        pid_ns=root and _can_unshare(linux.CLONE_NEWPID),
+        ipc_ns=root and _can_unshare(linux.CLONE_NEWIPC),
         net_ns=root and _can_unshare(linux.CLONE_NEWNET),
         landlock=abi,
         seccomp=seccomp,
@@ -87,6 +92,7 @@ def interpreter_paths() -> list[str]:
     return [p for i, p in enumerate(ordered) if not any(p.startswith(q + os.sep) for q in ordered[:i])]
 
 
+# What Landlock lets a worker read where there is no mount namespace (hence no minimal view, see rootfs).
 SYSTEM_READ_ONLY = [
     "/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc",
     "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/sys/devices/system/cpu",

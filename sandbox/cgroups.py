@@ -103,6 +103,15 @@ def available() -> dict[str, bool]:
     return out
 
 
+class LimitNotApplied(OSError):
+    """The kernel refused a limit (the slot must not run code until it takes one)."""
+
+    def __init__(self, memory_mb: int, usage_mb: float, cause: BaseException) -> None:
+        super().__init__(f"memory limit of {memory_mb} MiB not applied ({cause}); the group uses {usage_mb:.0f} MiB")
+        self.memory_mb = memory_mb
+        self.usage_mb = usage_mb
+
+
 class SlotCgroup:
     """The memory, pids and cpuacct groups of one slot."""
 
@@ -130,19 +139,43 @@ class SlotCgroup:
         with open(path, "w") as f:
             f.write(value)
 
+    @property
+    def memory_mb(self) -> int | None:
+        """The limit last applied and verified; None when unknown (a write failed)."""
+        return self._memory_mb
+
     def set_memory(self, memory_mb: int) -> None:
+        """Apply the memory limit, or raise ``LimitNotApplied`` leaving the cache empty: the kernel refuses
+        to lower it below what the group already uses (EBUSY once reclaim fails), and a call must never
+        run under a weaker limit than it asked for."""
         if memory_mb == self._memory_mb:
             return  # only the supervisor writes the limit (workers cannot), so the cached value holds
         self._memory_mb = None
         mem = self.dirs["memory"]
-        # memsw must stay >= limit: raise memsw first when growing, lower it last when shrinking.
-        with contextlib.suppress(OSError):
-            self._write(mem / "memory.memsw.limit_in_bytes", str(memory_mb << 20))
-        with contextlib.suppress(OSError):
-            self._write(mem / "memory.limit_in_bytes", str(memory_mb << 20))
-        with contextlib.suppress(OSError):
-            self._write(mem / "memory.memsw.limit_in_bytes", str(memory_mb << 20))
+        want = memory_mb << 20
+        # memsw (present only with swap accounting) must stay >= limit: raise it first when growing,
+        # lower it last when shrinking; the first write may fail for that ordering reason alone.
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        has_memsw = memsw.exists()
+        if has_memsw:
+            with contextlib.suppress(OSError):
+                self._write(memsw, str(want))
+        try:
+            self._write(mem / "memory.limit_in_bytes", str(want))
+            if has_memsw:
+                self._write(memsw, str(want))
+            got = int(self._read("memory", "memory.limit_in_bytes"))
+        except (OSError, ValueError) as e:
+            raise LimitNotApplied(memory_mb, self.memory_usage_mb(), e) from None
+        if got != want:  # the kernel rounds to pages; a MiB multiple comes back exactly
+            raise LimitNotApplied(memory_mb, self.memory_usage_mb(), ValueError(f"limit reads back as {got}"))
         self._memory_mb = memory_mb
+
+    def memory_usage_mb(self) -> float:
+        try:
+            return int(self._read("memory", "memory.usage_in_bytes")) / (1 << 20)
+        except (OSError, ValueError):
+            return float("nan")
 
     def _read(self, controller: str, name: str) -> str:
         """Read a control file through a descriptor kept open: every execution reads the same files

@@ -143,13 +143,16 @@ def serve(ctl: socket.socket, persistent: bool) -> None:
         except (OSError, EOFError, ValueError):
             _exit_now()
         cell_no += 1
+        nonce = msg.get("nonce")
         try:
             raised, exc_type = run_cell(msg["code"], cell_no, namespace)
         except BaseException as e:  # run_cell catches the cell's exceptions; this is the last guard
             raised, exc_type = True, type(e).__name__
         _flush()
+        if exc_type is not None:
+            exc_type = exc_type[:200]  # a class name can be any length; the supervisor accepts 200
         try:
-            ctl.sendall(protocol.encode({"op": "done", "raised": raised, "exc_type": exc_type}))
+            ctl.sendall(protocol.encode({"op": "done", "nonce": nonce, "raised": raised, "exc_type": exc_type}))
         except OSError:
             _exit_now()
         if not persistent:

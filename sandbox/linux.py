@@ -1,4 +1,5 @@
-"""Thin ctypes wrappers for the Linux calls Python 3.11 lacks: unshare, mount, prctl and Landlock.
+"""Thin ctypes wrappers for the Linux calls Python 3.11 lacks: unshare, setns, mount, umount2, pivot_root,
+prctl and Landlock.
 
 Hand-written because no maintained PyPI package covers Landlock ABI 6+ (scoped signals and abstract
 sockets) together with mount namespaces; each wrapper raises OSError with the real errno.
@@ -14,11 +15,17 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
+
+MNT_DETACH = 2
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -34,8 +41,10 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 _SYSCALLS = {
-    "x86_64": {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446},
-    "aarch64": {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446},
+    "x86_64": {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+               "pivot_root": 155},
+    "aarch64": {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+                "pivot_root": 41},
 }
 
 
@@ -62,8 +71,36 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
     )
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype))
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(target.encode(), flags))
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_nr("pivot_root"), new_root.encode(), put_old.encode()))
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5))
+
+
+def scrub_initial_strings() -> None:
+    """Zero the environment strings the kernel placed on this process's stack at exec.
+
+    ``/proc/<pid>/environ`` reads them from that memory, and forked children inherit it, so whatever the
+    process was started with stays readable by every child even after ``os.environ.clear()``. The C
+    ``environ`` array is first pointed at fresh copies of ``os.environ`` (``putenv``), so nothing that
+    calls ``getenv`` later loses a variable."""
+    for key, value in os.environ.items():
+        os.putenv(key, value)
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    env_start, env_end = int(fields[47]), int(fields[48])
+    if 0 < env_start < env_end:
+        ctypes.memset(env_start, 0, env_end - env_start)
 
 
 # ---- Landlock -------------------------------------------------------------------------------
@@ -108,7 +145,7 @@ class _PathBeneathAttr(ctypes.Structure):
 def _nr(name: str) -> int:
     table = _SYSCALLS.get(platform.machine())
     if table is None:
-        raise OSError(38, f"Landlock syscall numbers unknown on {platform.machine()}")
+        raise OSError(38, f"syscall numbers unknown on {platform.machine()}")
     return table[name]
 
 

@@ -173,27 +173,21 @@ class Plan:
     def __bool__(self) -> bool:
         return self.count > 0
 
-    def populate(self) -> None:
-        """Break copy-on-write on every range; stale or unmapped ranges are skipped."""
+    def populate(self, pidfd: int = -1) -> None:
+        """Break copy-on-write on every range; stale or unmapped ranges are skipped. ``pidfd``: this
+        process's own, opened by the caller while it still may (a worker's seccomp filter refuses
+        ``pidfd_open``); without one, one ``madvise`` per range."""
         start = 0
         if _NR_PROCESS_MADVISE is not None:
-            try:
-                pidfd = os.pidfd_open(os.getpid())
-            except OSError:
-                pidfd = -1
-            try:
-                while pidfd >= 0 and start < self.count:
-                    n = min(_UIO_MAXIOV, self.count - start)
-                    want = sum(self.ranges[2 * start + 1:2 * (start + n):2])
-                    iov = ctypes.byref(self._iov, start * ctypes.sizeof(_IoVec))
-                    got = _libc.syscall(ctypes.c_long(_NR_PROCESS_MADVISE), pidfd, iov, ctypes.c_size_t(n),
-                                        MADV_POPULATE_WRITE, ctypes.c_uint(0))
-                    if got != want:
-                        break  # refused, or stopped at a stale range: the rest one range at a time
-                    start += n
-            finally:
-                if pidfd >= 0:
-                    os.close(pidfd)
+            while pidfd >= 0 and start < self.count:
+                n = min(_UIO_MAXIOV, self.count - start)
+                want = sum(self.ranges[2 * start + 1:2 * (start + n):2])
+                iov = ctypes.byref(self._iov, start * ctypes.sizeof(_IoVec))
+                got = _libc.syscall(ctypes.c_long(_NR_PROCESS_MADVISE), pidfd, iov, ctypes.c_size_t(n),
+                                    MADV_POPULATE_WRITE, ctypes.c_uint(0))
+                if got != want:
+                    break  # refused, or stopped at a stale range: the rest one range at a time
+                start += n
         madvise = _libc.madvise
         for i in range(start, self.count):
             madvise(self.ranges[2 * i], self.ranges[2 * i + 1], MADV_POPULATE_WRITE)

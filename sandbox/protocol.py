@@ -1,4 +1,5 @@
-"""Length-prefixed JSON frames between the supervisor and a worker (stream sockets carry code of any size)."""
+"""Length-prefixed JSON frames between the supervisor and a worker (stream sockets carry code of any size).
+The supervisor reads a worker's answer to a cell with ``frames.read_done``, which trusts nothing."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import socket
 import struct
 from typing import Any
 
-_HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!I")
 MAX_FRAME = 1 << 25
 
 
 def encode(msg: dict[str, Any]) -> bytes:
     body = json.dumps(msg).encode()
-    return _HEADER.pack(len(body)) + body
+    return HEADER.pack(len(body)) + body
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -28,10 +29,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def recv(sock: socket.socket) -> dict[str, Any]:
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    (size,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
     if size > MAX_FRAME:
         raise ValueError("frame too large")
-    return json.loads(_recv_exact(sock, size))
+    msg = json.loads(_recv_exact(sock, size))
+    if not isinstance(msg, dict):
+        raise ValueError("frame is not an object")
+    return msg
 
 
 async def arecv(loop: asyncio.AbstractEventLoop, sock: socket.socket, max_size: int = 1 << 16) -> dict[str, Any]:
@@ -46,10 +50,13 @@ async def arecv(loop: asyncio.AbstractEventLoop, sock: socket.socket, max_size: 
             buf += chunk
         return bytes(buf)
 
-    (size,) = _HEADER.unpack(await exact(_HEADER.size))
+    (size,) = HEADER.unpack(await exact(HEADER.size))
     if size > max_size:
         raise ValueError("frame too large")
-    msg = json.loads(await exact(size))
+    try:
+        msg = json.loads(await exact(size))
+    except RecursionError:
+        raise ValueError("frame nested too deeply") from None
     if not isinstance(msg, dict):
         raise ValueError("frame is not an object")
     return msg

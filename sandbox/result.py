@@ -30,7 +30,8 @@ class ExecResult(BaseModel):
     cpu_ms: float = 0.0
     session_id: str | None = None
     state_reset: bool = Field(
-        False, description="the session worker was lost and its successful cells were replayed before this one"
+        False, description="the session's worker was lost (or evicted to make room for other sessions): its "
+        "successful cells were replayed before this cell, or will be before the next one"
     )
     detail: str | None = Field(None, description="a short human-readable reason for non-ok statuses")
 

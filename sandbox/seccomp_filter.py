@@ -3,7 +3,8 @@
 A deny-list (default allow) rather than an allow-list: untested allow-lists fail randomly on syscalls
 a library happens to need; this list is small, each entry is tested by the adversarial suite, and the
 rest of the confinement (uid, Landlock, namespaces, cgroups) does not depend on it.
-Denied calls fail with EPERM so hostile code sees an ordinary OSError instead of a crash.
+Denied calls fail with EPERM so hostile code sees an ordinary OSError instead of a crash; a call made
+through another ABI (i386 ``int 0x80``, x32), which no rule here would match, kills the process.
 
 The zygote compiles the filter once (``precompile``, ~3 ms of libseccomp work) and every worker loads
 the resulting BPF program with one ``seccomp(2)`` call (``install``, ~0.1 ms): compiling per worker
@@ -13,6 +14,7 @@ the few ctypes lines in ``_load_bpf``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -38,7 +40,22 @@ _NO_KERNEL_SURFACE = [
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "personality", "uselib",
 ]
-DENIED = _NO_PROCESS + _NO_NAMESPACES + _NO_KERNEL_SURFACE
+# No System V IPC or POSIX message queues: objects that outlive the process and are shared by name
+# (each worker also has its own IPC namespace; this makes the calls fail before reaching it). "ipc" is the
+# multiplexer older ABIs use for all of them (not a native call on x86_64 or aarch64: skipped there).
+_NO_IPC = [
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl", "ipc",
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+]
+# No new sockets at all (socketpair(AF_UNIX) stays, below): nothing to reach by address, whatever the
+# family (inet, netlink, vsock, packet, unix...). No pidfds of other processes (host pids are not even
+# nameable in the zygote's PID namespace); no watching files change (inotify on a read-only host tree
+# in the view would still report host activity).
+_NO_REACH = ["socket", "socketcall", "pidfd_open", "inotify_init", "inotify_init1", "inotify_add_watch",
+             "fanotify_init", "fanotify_mark"]
+DENIED = _NO_PROCESS + _NO_NAMESPACES + _NO_KERNEL_SURFACE + _NO_IPC + _NO_REACH
+AF_UNIX = 1
 
 CLONE_THREAD = 0x00010000
 TIOCSTI = 0x5412
@@ -58,6 +75,12 @@ def _build() -> Any:
     import pyseccomp as sc
 
     f = sc.SyscallFilter(sc.ALLOW)
+    # A call through another ABI (int 0x80 i386, x32) is checked against no rule of this list: kill.
+    f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    # Every allowed call walks the filter: a binary tree over the syscall number (libseccomp >= 2.5)
+    # checks a handful of numbers instead of the whole list.
+    with contextlib.suppress(OSError, ValueError, RuntimeError):
+        f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
     deny = sc.ERRNO(errno.EPERM)
     for name in DENIED:
         try:
@@ -67,6 +90,7 @@ def _build() -> Any:
     # clone without CLONE_THREAD is a fork; clone3 hides its flags in memory, so make glibc fall back.
     f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    f.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, AF_UNIX))
     for request in (TIOCSTI, TIOCLINUX):
         f.add_rule(deny, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, request))
     return f

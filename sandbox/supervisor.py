@@ -1,20 +1,20 @@
 """The supervisor: a pool of pre-forked single-use workers, stateful session workers, and every limit
-that must hold from outside the worker (wall time, CPU time, memory, output).
+that must hold from outside the worker (wall time, CPU time, memory, output; see ``cell``).
 
 Stateless: a ready, already-isolated worker takes the code, the supervisor collects the result, then
 kills the worker; sweeping its cgroup and forking a replacement happen in the background (off the
-latency path). Sessions: one worker per session keeps its globals between cells; if it dies, the
-result says so (``state_reset``) and the next cell first replays the session's successful cells with
-their output discarded.
+latency path). A memory limit the kernel refuses to apply (it cannot lower a group's limit below what the
+group holds) is never run under: that slot is recycled and the call takes another worker.
+
+Sessions: one worker per session keeps its globals between cells and is stopped (SIGSTOP, which no code
+can catch) between them, so threads a cell left behind cannot compute outside a cell; whatever CPU they
+used before the stop is charged to the next cell. If the worker dies, or is evicted because every session
+slot is taken, the session keeps its successful cells: the next cell first replays them with their output
+discarded and says so (``state_reset``). Only an idle session's worker is evicted (the least recently
+used); when every slot runs a cell, a new session is refused with a clear error.
 
 If the zygote itself dies, a watcher starts a new one (same instance, cgroups and uids) with backoff;
 meanwhile executions wait for a worker, and every pool slot refills as soon as the zygote is back.
-
-Time limits: the wall limit is enforced from outside; so is the CPU limit (cgroup cpuacct). Code killed
-at the wall limit is classified by what it was doing, measured from outside and independent of how
-busy the host is: if its main thread spent most of the run on a CPU or waiting in the run queue for
-one (``/proc/<pid>/schedstat``), or the slot used most of the run in CPU time, it was computing
-(``cpu_limit``); otherwise it was sleeping or blocked (``timeout``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import logging
 import os
 import random
 import secrets
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import capabilities, cgroups, protocol
-from sandbox.cgroups import SlotCgroup
+from sandbox import capabilities, cell, cgroups, rootfs
+from sandbox.cell import CellRun, Limits
+from sandbox.cgroups import LimitNotApplied, SlotCgroup
 from sandbox.result import ExecResult, ExecStatus
 from sandbox.settings import SandboxSettings
 from sandbox.zygote_client import SandboxFailure, Worker, Zygote
@@ -44,61 +44,22 @@ class SandboxUnavailable(RuntimeError):
     """Strict mode and a protection is missing on this host."""
 
 
-class CappedStream:
-    """Keeps the first ``cap`` bytes of a stream and counts the rest."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.buf = bytearray()
-        self.total = 0
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.cap - len(self.buf)
-        if room > 0:
-            self.buf += data[:room]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.cap
-
-    def text(self) -> str:
-        return self.buf.decode("utf-8", errors="backslashreplace")
-
-
 @dataclass
 class Session:
     id: str
-    slot: int
-    cg: SlotCgroup | None
+    slot: int | None = None  # None: holds no worker slot (new, or evicted to make room)
+    cg: SlotCgroup | None = None
     worker: Worker | None = None
-    history: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)  # successful cells, replayed into a new worker
+    cells_in_worker: int = 0  # cells the current worker ran (its state is more than the history)
+    state_lost: bool = False  # the worker was evicted: the next cell must say so
+    cpu_mark: int | None = None  # the slot's CPU counter when the last cell ended (stopped since)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
 
 
-def _sched_ns(pid: int) -> int:
-    """On-CPU plus run-queue-wait nanoseconds of ``pid``'s main thread (0 when unreadable)."""
-    try:
-        fd = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            run, delay = os.read(fd, 256).split()[:2]
-        finally:
-            os.close(fd)
-        return int(run) + int(delay)
-    except (OSError, ValueError):
-        return 0
-
-
-CPU_BOUND_SHARE = 0.5  # of the wall time, see the module docstring
-
-
-@dataclass
-class _Limits:
-    timeout_s: float
-    cpu_s: float
-    memory_mb: int
+KNOWN_SESSIONS_PER_SLOT = 8  # sessions remembered (with their history) per session slot
 
 
 class Supervisor:
@@ -137,6 +98,7 @@ class Supervisor:
     def _zygote_config(self) -> dict[str, Any]:
         s, h = self.settings, self.host
         interp = capabilities.interpreter_paths()
+        view = rootfs.view_paths(interp)
         if not h.mount_ns:
             self._fallback_dir = tempfile.mkdtemp(prefix="mathagent-sandbox-")
             os.chmod(self._fallback_dir, 0o1777)
@@ -146,13 +108,15 @@ class Supervisor:
             "protections": {
                 "uid": h.uid,
                 "mount_ns": h.mount_ns,
+                "pid_ns": h.pid_ns,
+                "ipc_ns": h.ipc_ns,
                 "net_ns": h.net_ns,
                 "landlock": h.landlock,
                 "seccomp": h.seccomp,
                 "cgroups": self.use_cgroups,
             },
-            "expose": interp,
-            "read_only": capabilities.SYSTEM_READ_ONLY + interp,
+            "view": view,
+            "read_only": rootfs.read_only_paths(view) if h.mount_ns else capabilities.SYSTEM_READ_ONLY + interp,
             "workdir_mb": s.workdir_mb,
             "shm_mb": s.shm_mb,
             "nofile": s.nofile,
@@ -294,11 +258,14 @@ class Supervisor:
             if self.closed:
                 w.close()
                 return
+            w.sched_ready_ns = cell.sched_ns(w.pid)
             self._ready.put_nowait(w)
             return
 
     async def _recycle(self, w: Worker, session_slot: bool = False) -> None:
-        """Kill everything in the slot, wait for the worker to be reaped, then fork its replacement."""
+        """Kill everything in the slot, wait for the worker to be reaped, then fork its replacement (a pool
+        slot whose memory limit is unknown, because the kernel refused one, first gets the default limit
+        back: until then it stays out of the pool)."""
         w.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(w.exit), 5)
@@ -311,15 +278,28 @@ class Supervisor:
                 await asyncio.sleep(0.01)
         self._busy.pop(w.slot, None)
         if not session_slot:
+            if cg is not None:
+                await self._restore_limit(cg, w.slot)
             await self._refill(w.slot)
+
+    async def _restore_limit(self, cg: SlotCgroup, slot: int) -> None:
+        delay = 0.05
+        while not self.closed and cg.memory_mb is None:
+            try:
+                cg.set_memory(self.settings.memory_mb)
+            except LimitNotApplied as e:
+                log.warning("slot %d stays out of the pool until its memory limit can be set: %s", slot, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                cg.sweep()
 
     # ---- limits ---------------------------------------------------------------------------
 
-    def _limits(self, timeout_s: float | None, memory_mb: int | None) -> _Limits:
+    def _limits(self, timeout_s: float | None, memory_mb: int | None) -> Limits:
         s = self.settings
         t = min(float(timeout_s) if timeout_s else s.timeout_s, s.max_timeout_s)
         m = min(int(memory_mb) if memory_mb else s.memory_mb, s.max_memory_mb)
-        return _Limits(t, min(s.cpu_s or t, t) if s.cpu_s else t, max(m, 32))
+        return Limits(t, min(s.cpu_s or t, t) if s.cpu_s else t, max(m, 32))
 
     # ---- execution ------------------------------------------------------------------------
 
@@ -339,6 +319,14 @@ class Supervisor:
             log.exception("sandbox failure")
             return ExecResult(status=ExecStatus.sandbox_error, detail=f"sandbox failure: {type(e).__name__}: {e}"[:300],
                               session_id=session_id)
+        except Exception as e:  # a bug of ours: still one typed result, never a traceback to the caller
+            log.exception("unexpected sandbox failure")
+            return ExecResult(status=ExecStatus.sandbox_error, detail=f"sandbox failure: {type(e).__name__}"[:300],
+                              session_id=session_id)
+
+    async def _run(self, w: Worker, code: str, lim: Limits, cpu_from: int | None = None) -> CellRun:
+        return await cell.run(w, code, lim, self._cgroups.get(w.slot), output_cap=self.settings.output_cap,
+                              kill_factor=self.settings.output_kill_factor, cpu_from=cpu_from)
 
     async def _take_ready(self) -> Worker:
         while True:
@@ -355,39 +343,70 @@ class Supervisor:
                 continue
             return w
 
-    async def _execute_stateless(self, code: str, limits: _Limits) -> ExecResult:
-        w = await self._take_ready()
-        self._busy[w.slot] = w
-        try:
-            result, _alive = await self._run(w, code, limits)
-        finally:
-            w.kill()
-            self._bg(self._recycle(w))
-        return result
+    # A slot that refuses the limit is recycled and the call moves to another worker; when a second slot
+    # refuses too, the limit is below what any worker needs (or every slot holds leaked memory).
+    LIMIT_ATTEMPTS = 2
 
-    async def _new_session(self, session_id: str) -> Session | None:
-        if not self._free_session_slots:
-            idle = [s for s in self._sessions.values() if not s.lock.locked()]
-            if not idle:
-                return None
-            await self._drop_session(min(idle, key=lambda s: s.last_used))
-        if not self._free_session_slots:
+    async def _execute_stateless(self, code: str, limits: Limits) -> ExecResult:
+        refused: LimitNotApplied | None = None
+        for _ in range(self.LIMIT_ATTEMPTS):
+            w = await self._take_ready()
+            self._busy[w.slot] = w
+            try:
+                cg = self._cgroups.get(w.slot)
+                if cg is not None:
+                    cg.set_memory(limits.memory_mb)
+                return (await self._run(w, code, limits)).result
+            except LimitNotApplied as e:
+                log.warning("slot %d refused a memory limit; recycling it: %s", w.slot, e)
+                refused = e
+            finally:
+                w.kill()
+                self._bg(self._recycle(w))
+        return _limit_refused(refused, None)
+
+    # ---- sessions -------------------------------------------------------------------------
+
+    @property
+    def max_known_sessions(self) -> int:
+        return KNOWN_SESSIONS_PER_SLOT * self.settings.max_sessions
+
+    def live_sessions(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.slot is not None)
+
+    async def _claim_session_slot(self) -> int | None:
+        """A free session slot, or the slot of the least recently used idle session (whose worker is
+        evicted: the session keeps its history and replays it on its next cell); None when all are busy."""
+        if self._free_session_slots:
+            return self._free_session_slots.pop()
+        idle = [v for v in self._sessions.values() if v.slot is not None and not v.lock.locked()]
+        if not idle:
             return None
-        slot = self._free_session_slots.pop()
-        s = Session(session_id, slot, self._cgroups.get(slot))
-        self._sessions[session_id] = s
-        return s
+        victim = min(idle, key=lambda v: v.last_used)
+        async with victim.lock:  # not locked: acquired without yielding
+            log.info("evicting the worker of idle session %s to make room", victim.id)
+            await self._release_slot(victim)
+        return self._free_session_slots.pop() if self._free_session_slots else None
+
+    async def _release_slot(self, s: Session) -> None:
+        """Give up the session's worker and slot (the caller holds its lock); its history stays."""
+        if s.worker is not None:
+            w, s.worker = s.worker, None
+            s.state_lost = s.state_lost or s.cells_in_worker > 0
+            await self._recycle(w, session_slot=True)
+        elif s.cg is not None:
+            s.cg.sweep()
+        s.cells_in_worker = 0
+        s.cpu_mark = None
+        if s.slot is not None:
+            self._free_session_slots.append(s.slot)
+        s.slot, s.cg = None, None
 
     async def _drop_session(self, s: Session) -> None:
         if self._sessions.get(s.id) is s:
             del self._sessions[s.id]
         s.closed = True
-        if s.worker is not None:
-            w, s.worker = s.worker, None
-            await self._recycle(w, session_slot=True)
-        elif s.cg is not None:
-            s.cg.sweep()
-        self._free_session_slots.append(s.slot)
+        await self._release_slot(s)
 
     async def close_session(self, session_id: str) -> bool:
         s = self._sessions.get(session_id)
@@ -399,51 +418,105 @@ class Supervisor:
             await self._drop_session(s)
         return True
 
-    async def _execute_session(self, session_id: str, code: str, limits: _Limits) -> ExecResult:
+    async def _session_cell(self, s: Session, code: str, limits: Limits) -> CellRun:
+        """One cell in the session's (stopped) worker: continue it, run, stop it again. Raises
+        LimitNotApplied, before anything runs, when the slot cannot take the cell's memory limit."""
+        assert s.worker is not None
+        if s.cg is not None:
+            s.cg.set_memory(limits.memory_mb)
+        s.worker.resume()
+        run = await self._run(s.worker, code, limits, cpu_from=s.cpu_mark)
+        s.cells_in_worker += 1
+        if run.alive:
+            s.worker.pause()
+            s.cpu_mark = run.cpu_ns_end if s.cg is not None else None
+        return run
+
+    async def _lose_worker(self, s: Session) -> None:
+        if s.worker is not None:
+            old, s.worker = s.worker, None
+            await self._recycle(old, session_slot=True)
+        s.cells_in_worker = 0
+        s.cpu_mark = None
+
+    async def _execute_session(self, session_id: str, code: str, limits: Limits) -> ExecResult:
         s = self._sessions.get(session_id)
         if s is None:
-            s = await self._new_session(session_id)
-            if s is None:
+            if len(self._sessions) >= self.max_known_sessions:
                 return ExecResult(status=ExecStatus.sandbox_error, session_id=session_id,
-                                  detail=f"too many live sessions ({self.settings.max_sessions}), all busy")
+                                  detail=f"too many sessions ({len(self._sessions)}); close the sessions you no "
+                                         "longer need")
+            s = self._sessions[session_id] = Session(session_id)
         async with s.lock:
             if s.closed:
                 return ExecResult(status=ExecStatus.sandbox_error, session_id=session_id, detail="session was closed")
             s.last_used = time.monotonic()
-            replayed = False
-            if s.worker is None or s.worker.exit.done():
-                if s.worker is not None:
-                    old, s.worker = s.worker, None
-                    await self._recycle(old, session_slot=True)
-                s.worker = await self._spawn(s.slot, persistent=True)
-                if s.history:
-                    replayed = True
+            if s.slot is None:
+                slot = await self._claim_session_slot()
+                if slot is None:
+                    if not s.history and not s.state_lost and self._sessions.get(session_id) is s:
+                        del self._sessions[session_id]  # nothing to remember
+                        s.closed = True
+                    return ExecResult(status=ExecStatus.sandbox_error, session_id=session_id,
+                                      detail=f"too many live sessions ({self.settings.max_sessions}), all running "
+                                             "a cell; retry later")
+                s.slot, s.cg = slot, self._cgroups.get(slot)
+            try:
+                return await self._session_cells(s, code, limits)
+            except LimitNotApplied as e:
+                return _limit_refused(e, session_id)
+
+    async def _session_cells(self, s: Session, code: str, limits: Limits) -> ExecResult:
+        assert s.slot is not None
+        replayed = 0
+        evicted = s.state_lost
+        if s.worker is None or s.worker.exit.done():
+            history = s.history
+            try:
+                while True:
+                    await self._lose_worker(s)
+                    s.worker = await self._spawn(s.slot, persistent=True)
                     kept: list[str] = []
-                    for past in s.history:
-                        r, alive = await self._run(s.worker, past, limits)
-                        if not alive:
-                            old, s.worker = s.worker, None
-                            await self._recycle(old, session_slot=True)
-                            s.worker = await self._spawn(s.slot, persistent=True)
+                    died = False
+                    for past in history:
+                        run = await self._session_cell(s, past, limits)
+                        if not run.alive:
+                            died = True
                             break
-                        if r.status in (ExecStatus.ok, ExecStatus.output_truncated):
+                        if run.result.status in (ExecStatus.ok, ExecStatus.output_truncated):
                             kept.append(past)
-                    s.history = kept
-            result, alive = await self._run(s.worker, code, limits)
-            result.session_id = session_id
-            s.last_used = time.monotonic()
-            if not alive:
-                old, s.worker = s.worker, None
-                await self._recycle(old, session_slot=True)
-                result.state_reset = True
-                note = (f"The session worker was lost, so all session state was reset; before the next cell the "
-                        f"{len(s.history)} earlier successful cell(s) will be replayed with their output discarded.")
-                result.detail = f"{result.detail}. {note}" if result.detail else note
-            elif result.status in (ExecStatus.ok, ExecStatus.output_truncated):
-                s.history.append(code)
-            if replayed:
-                result.state_reset = True
-            return result
+                    if not died:
+                        break
+                    # A replayed cell killed the worker: drop it and the cells after it, replay the rest
+                    # into a fresh worker (the history shrinks on every round).
+                    history = kept
+            except LimitNotApplied:
+                await self._lose_worker(s)  # half replayed: the next cell starts over
+                raise
+            replayed = len(kept)
+            s.history = kept
+        run = await self._session_cell(s, code, limits)
+        result = run.result
+        result.session_id = s.id
+        s.last_used = time.monotonic()
+        notes: list[str] = []
+        if evicted or replayed:
+            why = ("its worker had been evicted to make room for other sessions" if evicted
+                   else "its worker had been lost")
+            notes.append(f"The session's state was rebuilt before this cell ({why}): its {replayed} earlier "
+                         "successful cell(s) were replayed with their output discarded.")
+            result.state_reset = True
+            s.state_lost = False
+        if not run.alive:
+            await self._lose_worker(s)
+            result.state_reset = True
+            notes.append(f"The session worker was lost, so all session state was reset; before the next cell the "
+                         f"{len(s.history)} earlier successful cell(s) will be replayed with their output discarded.")
+        elif result.status in (ExecStatus.ok, ExecStatus.output_truncated):
+            s.history.append(code)
+        if notes:
+            result.detail = " ".join([result.detail, *notes] if result.detail else notes)
+        return result
 
     async def _evict_loop(self) -> None:
         ttl = self.settings.session_ttl_s
@@ -452,166 +525,9 @@ class Supervisor:
             now = time.monotonic()
             for s in list(self._sessions.values()):
                 if not s.lock.locked() and now - s.last_used > ttl:
-                    log.info("evicting idle session %s", s.id)
+                    log.info("expiring idle session %s", s.id)
                     async with s.lock:
                         await self._drop_session(s)
-
-    # ---- one cell in one worker -----------------------------------------------------------
-
-    def _pump(self, fd: int, stream: CappedStream, flood: asyncio.Future[None], kill_at: int) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(fd)
-                return
-            stream.feed(data)
-            if stream.total > kill_at and not flood.done():
-                flood.set_result(None)
-                return
-
-    @staticmethod
-    def _drain(fd: int, stream: CappedStream) -> None:
-        for _ in range(4096):
-            try:
-                data = os.read(fd, 1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            stream.feed(data)
-
-    async def _run(self, w: Worker, code: str, lim: _Limits) -> tuple[ExecResult, bool]:
-        """Run one cell in ``w``; returns the result and whether the worker is still usable."""
-        loop = asyncio.get_running_loop()
-        cap = self.settings.output_cap
-        kill_at = cap * self.settings.output_kill_factor
-        out, err = CappedStream(cap), CappedStream(cap)
-        flood: asyncio.Future[None] = loop.create_future()
-        cg = self._cgroups.get(w.slot)
-        cpu0 = oom0 = 0
-        if cg is not None:
-            cg.set_memory(lim.memory_mb)
-            cpu0, oom0 = cg.cpu_ns(), cg.oom_kills()
-        loop.add_reader(w.out_fd, self._pump, w.out_fd, out, flood, kill_at)
-        loop.add_reader(w.err_fd, self._pump, w.err_fd, err, flood, kill_at)
-        sched0 = _sched_ns(w.pid)
-        t0 = time.perf_counter()
-        reason = "done"
-        msg: dict[str, Any] = {}
-        done_task = asyncio.ensure_future(protocol.arecv(loop, w.sock))
-        try:
-            await loop.sock_sendall(w.sock, protocol.encode({"code": code}))
-            deadline = t0 + lim.timeout_s
-            while True:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    reason = "timeout"
-                    break
-                waitables: set[asyncio.Future[Any]] = {done_task, w.exit, flood}
-                finished, _ = await asyncio.wait(
-                    waitables, timeout=min(remaining, 0.05),
-                    return_when=asyncio.FIRST_COMPLETED)
-                if done_task in finished:
-                    try:
-                        msg = done_task.result()
-                        reason = "done" if msg.get("op") == "done" else "channel"
-                    except (OSError, EOFError, ValueError):
-                        reason = "channel"
-                    break
-                if w.exit in finished:
-                    reason = "exit"
-                    break
-                if flood in finished:
-                    reason = "flood"
-                    break
-                if cg is not None and (cg.cpu_ns() - cpu0) / 1e9 > lim.cpu_s:
-                    reason = "cpu"
-                    break
-        except OSError:
-            reason = "channel"
-        finally:
-            if not done_task.done():
-                done_task.cancel()
-            wall_ms = (time.perf_counter() - t0) * 1000
-        alive = reason == "done"
-        exit_info: dict[str, Any] = {}
-        busy_ms = 0.0
-        if reason == "timeout":  # measured before the kill: afterwards the process is gone
-            busy_ms = (_sched_ns(w.pid) - sched0) / 1e6 if sched0 else 0.0
-        if alive:
-            self._drain(w.out_fd, out)
-            self._drain(w.err_fd, err)
-        else:
-            w.kill()
-            try:
-                exit_info = await asyncio.wait_for(asyncio.shield(w.exit), 5)
-            except (TimeoutError, SandboxFailure):
-                exit_info = {}
-            self._drain(w.out_fd, out)
-            self._drain(w.err_fd, err)
-        loop.remove_reader(w.out_fd)
-        loop.remove_reader(w.err_fd)
-        cpu_ms = (cg.cpu_ns() - cpu0) / 1e6 if cg is not None else float(exit_info.get("cpu_ms", 0.0))
-        oom = cg is not None and cg.oom_kills() > oom0
-        if reason == "timeout" and max(busy_ms, cpu_ms) >= CPU_BOUND_SHARE * wall_ms:
-            reason = "cpu_bound_at_deadline"
-        status, detail = self._classify(reason, msg, exit_info, oom, cpu_ms, lim)
-        if status is ExecStatus.ok and (out.truncated or err.truncated):
-            status = ExecStatus.output_truncated
-            detail = f"output exceeded {cap} bytes; kept the first {cap}"
-        result = ExecResult(
-            status=status,
-            stdout=out.text(),
-            stderr=err.text(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            wall_ms=round(wall_ms, 3),
-            cpu_ms=round(cpu_ms, 3),
-            detail=detail,
-        )
-        return result, alive
-
-    @staticmethod
-    def _classify(reason: str, msg: dict[str, Any], exit_info: dict[str, Any], oom: bool, cpu_ms: float,
-                  lim: _Limits) -> tuple[ExecStatus, str | None]:
-        if oom:
-            return ExecStatus.memory_limit, f"memory limit of {lim.memory_mb} MiB exceeded"
-        if reason == "done":
-            if not msg.get("raised"):
-                return ExecStatus.ok, None
-            if msg.get("exc_type") == "MemoryError":
-                return ExecStatus.memory_limit, f"memory limit exceeded (MemoryError; limit {lim.memory_mb} MiB)"
-            return ExecStatus.error, f"raised {msg.get('exc_type')}"
-        if reason == "timeout":
-            return ExecStatus.timeout, f"wall-clock limit of {lim.timeout_s:g} s exceeded"
-        if reason == "cpu":
-            return ExecStatus.cpu_limit, f"CPU limit of {lim.cpu_s:g} s exceeded"
-        if reason == "cpu_bound_at_deadline":
-            return ExecStatus.cpu_limit, (f"still computing when the time limit of {lim.timeout_s:g} s was reached "
-                                          f"({cpu_ms / 1000:.2f} s of CPU used)")
-        if reason == "flood":
-            return ExecStatus.output_truncated, "output flood: the process was stopped"
-        if not exit_info:
-            return ExecStatus.sandbox_error, "worker vanished without an exit status"
-        sig = exit_info.get("signal")
-        if sig is not None:
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_ms >= lim.cpu_s * 1000 * 0.95):
-                return ExecStatus.cpu_limit, f"CPU limit of {lim.cpu_s:g} s exceeded"
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = str(sig)
-            return ExecStatus.crashed, f"the process was killed by signal {name}"
-        code = exit_info.get("code", 0)
-        if code == 0:
-            return ExecStatus.ok, "the process exited"
-        return ExecStatus.error, f"the process exited with status {code}"
 
     # ---- health ---------------------------------------------------------------------------
 
@@ -620,7 +536,11 @@ class Supervisor:
         protections = {
             "uid_per_slot": "uid" in a,
             "net_namespace": bool(a.get("net_ns")),
+            "net_namespace_per_slot": bool(a.get("slot_netns")),
             "mount_namespace": bool(a.get("mount_ns")),
+            "minimal_root": bool(a.get("rootfs")),
+            "pid_namespace": bool(a.get("pid_ns")),
+            "ipc_namespace_per_worker": bool(a.get("ipc_ns_per_worker")),
             "tmpfs_workdir": bool(a.get("tmpfs_workdir")),
             "proc_hidepid": bool(a.get("proc_hidepid")),
             "landlock_abi": int(a.get("landlock", 0)),
@@ -642,7 +562,9 @@ class Supervisor:
             "missing": self.missing,
             "pool_size": self.settings.pool_size,
             "ready_workers": self._ready.qsize(),
-            "sessions": len(self._sessions),
+            "sessions": self.live_sessions(),  # holding a worker slot
+            "sessions_known": len(self._sessions),  # also those evicted to make room (their history kept)
+            "sessions_running": sum(1 for s in self._sessions.values() if s.lock.locked()),
             "max_sessions": self.settings.max_sessions,
             "uid_range": [self.uid_base, self.uid_base + self.n_slots],
             "worker_pids": sorted(pids),
@@ -650,3 +572,14 @@ class Supervisor:
             "output_cap": self.settings.output_cap,
             "prefault_pages": int(a.get("prefault_pages", 0)),  # 0: workers run the slower prewarm (or none)
         }
+
+
+def _limit_refused(e: LimitNotApplied | None, session_id: str | None) -> ExecResult:
+    """The kernel would not apply the memory limit asked for: the cell did not run (never under a weaker
+    limit). In a session that means the session already holds more than the limit."""
+    held = "the session already holds" if session_id is not None else "a fresh worker's slot holds"
+    usage = f"{e.usage_mb:.0f} MiB" if e is not None else "more"
+    asked = e.memory_mb if e is not None else 0
+    return ExecResult(status=ExecStatus.memory_limit, session_id=session_id,
+                      detail=f"the cell was not run: its memory limit of {asked} MiB could not be applied "
+                             f"({held} {usage})")

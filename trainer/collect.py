@@ -2,11 +2,17 @@
 trajectories with a label, or without one (majority vote, ScPO); and the held-out problems of
 the eval gate.
 
-Labels of a logged trajectory, strongest first: a corrected answer given as feedback, the gold
-answer the caller sent with the solve, a thumbs-up (its own answer is right). Anything else is
-an unlabelled prompt. Only user traffic (``source="api"``) counts: the trainer's own rollouts
-and evaluations never come back as prompts, and neither do chat turns that depend on their
-context (``Trajectory.standalone``: a follow-up is no problem by itself). Duplicated problem texts are kept once.
+Labels of a logged trajectory, strongest first: a corrected answer given as *trusted* feedback,
+the gold answer the caller sent with the solve, a trusted thumbs-up (its own answer is right).
+Anything else is an unlabelled prompt. Trusted feedback comes from the caller who solved the
+problem (it holds the solve's feedback token) or from an admin: the gateway decides and records
+it (:mod:`api.feedback`). Feedback from anyone else is a *vote*: each such caller's latest
+corrected answer is counted in ``IterPrompt.votes`` for the record, and never becomes gold, so
+nobody who merely learns a trajectory id can choose a training label. Within one caller's
+records the latest counts. Only user traffic (``source="api"``) counts: the trainer's own
+rollouts and evaluations never come back as prompts, and neither do chat turns that depend on
+their context (``Trajectory.standalone``: a follow-up is no problem by itself). Duplicated
+problem texts are kept once.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agent.datasets import Problem, load_problems, synthetic_problems
 from agent.trajectory import Mode, Source, Trajectory
@@ -36,6 +42,8 @@ class IterPrompt(BaseModel):
     solution: str | None = None
     gold_code: str | None = None
     dataset: str = ""
+    votes: dict[str, int] = Field(default_factory=dict, description="corrected answers from untrusted feedback: "
+                                  "answer -> distinct callers (a record, never a label)")
 
 
 class Split(BaseModel):
@@ -79,20 +87,30 @@ async def logged_prompts(redis_url: str, spool_dir: Path, prefix: str, *, limit:
         return []
     tlog = TrajectoryLog(redis_url, spool_dir, prefix=prefix)
     try:
-        corrected: dict[str, str] = {}
-        rated: dict[str, str] = {}
+        latest: dict[tuple[str, str], Feedback] = {}  # (trajectory, caller) -> that caller's latest record
         start = "-"
         while True:
             raw = await tlog.redis.xrange(tlog.feedback_stream, start, "+", count=500)
             for _, fields in raw:
                 rec = Feedback.model_validate_json(fields["data"])
-                if rec.corrected_answer and rec.corrected_answer.strip():
-                    corrected[rec.trajectory_id] = rec.corrected_answer.strip()
-                if rec.rating is not None:
-                    rated[rec.trajectory_id] = rec.rating
+                latest[(rec.trajectory_id, rec.caller_key)] = rec
             if len(raw) < 500:
                 break
             start = "(" + raw[-1][0]
+        corrected: dict[str, str] = {}
+        rated: dict[str, str] = {}
+        votes: dict[str, dict[str, int]] = {}
+        for rec in sorted(latest.values(), key=lambda r: r.created_at):  # the latest trusted record wins
+            answer = (rec.corrected_answer or "").strip()
+            if not rec.trusted:
+                if answer:
+                    tally = votes.setdefault(rec.trajectory_id, {})
+                    tally[answer] = tally.get(answer, 0) + 1
+                continue
+            if answer:
+                corrected[rec.trajectory_id] = answer
+            if rec.rating is not None:
+                rated[rec.trajectory_id] = rec.rating
         labelled: dict[str, IterPrompt] = {}
         unlabelled: dict[str, IterPrompt] = {}
         end = "+"
@@ -107,7 +125,8 @@ async def logged_prompts(redis_url: str, spool_dir: Path, prefix: str, *, limit:
                 if gold is None and rated.get(traj.id) == "up" and traj.answer:
                     gold = traj.answer
                 pid = "log-" + hashlib.sha1(text.encode()).hexdigest()[:12]
-                prompt = IterPrompt(id=pid, problem=text, gold=gold, mode=traj.mode, origin="log", dataset="log")
+                prompt = IterPrompt(id=pid, problem=text, gold=gold, mode=traj.mode, origin="log", dataset="log",
+                                    votes=votes.get(traj.id, {}))
                 if gold is not None:
                     labelled.setdefault(text, prompt)
                     unlabelled.pop(text, None)

@@ -58,7 +58,8 @@ def write_pairs(pairs: list[Pair], path: Path) -> None:
 
 def read_stream(redis_url: str, prefix: str, spool_dir: Path, *, page: int = 500) -> list[Trajectory]:
     """Every trajectory in the agent's Redis log (``agent.trajlog``), in stream order, with the
-    latest thumbs-up/down of its feedback stream joined onto ``Trajectory.feedback``."""
+    latest trusted thumbs-up/down of its feedback stream (:mod:`api.feedback`: from the solving
+    caller or an admin) joined onto ``Trajectory.feedback``."""
     import asyncio
 
     return asyncio.run(_read_stream(redis_url, prefix, spool_dir, page))
@@ -85,7 +86,7 @@ async def _read_stream(redis_url: str, prefix: str, spool_dir: Path, page: int) 
             raw = await log.redis.xrange(log.feedback_stream, start, "+", count=page)
             for _, fields in raw:
                 rec = FeedbackRecord.model_validate_json(fields["data"])
-                if rec.rating is not None:
+                if rec.rating is not None and rec.trusted:  # anyone else's rating is a vote, never a label
                     ratings[rec.trajectory_id] = Feedback(rec.rating)
             if len(raw) < page:
                 break

@@ -10,9 +10,10 @@ Per iteration (docs/algorithms.md, IRPO with the agent's multi-turn trajectories
 3. rollouts  N samples per prompt from the current version through the agent loop and sandbox.
 4. pairs     IRPO on labelled prompts (gold solutions join the winners), ScPO on unlabelled ones.
 5. train     DPO + NLL in a subprocess under ``accelerate launch``; reference = the current version.
-6. eval      candidate and current, greedy, on the held-out problems: promote only if the
-             candidate's accuracy >= current - tolerance; otherwise the run stops, rejected,
-             with both numbers recorded, and nothing is published.
+6. eval      candidate and current, greedy, on the same held-out problems: promote only if a
+             paired non-inferiority test at margin ``tolerance`` says the candidate is not worse
+             (:mod:`trainer.gate`); otherwise the run stops, rejected, with the test's numbers
+             recorded, and nothing is published.
 7. publish   an immutable registry version (manifest: training config, eval results, golden prompts).
 8. deploy    through the gateway (``POST /admin/deploy``) or, without one, the registry pointer.
 
@@ -31,13 +32,14 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from agent.datasets import Problem
-from agent.evaluate import EvalReport
+from agent.evaluate import EvalReport, ProblemOutcome
 from agent.runtime import Resources
 from trainer.collect import IterPrompt, dataset_split, from_problem, logged_prompts
 from trainer.gate import GateResult, decide, evaluate_engine, golden_prompts
@@ -103,18 +105,22 @@ def ensure_base(registry: Registry, settings: TrainerSettings) -> str:
     """The current version: the active one; with none active (an empty registry, or a gateway
     rolled back to its configured model), the configured model imported as a registry version
     (parent None, once: an earlier import is reused), so a later rollback can return to it.
-    The pointer is not touched: the active version changes only when a candidate is deployed."""
+    The import is named by the model's content id, the version a gateway serving MATHAGENT_MODEL
+    reports, so the base model has one identity everywhere (answers, /admin/versions, the
+    registry). The pointer is not touched: the active version changes only when a candidate is
+    deployed."""
     from agent.modelstore import resolve
 
     active = registry.active()
     if active is not None:
         return active
-    for m in registry.manifests():
-        if m.training_config.get("imported_from") == settings.model and m.parent is None:
-            return m.version
     resolved = resolve(settings.model, settings.state_dir)
+    for m in registry.manifests():
+        if m.version == resolved.version or (m.training_config.get("imported_from") == settings.model
+                                             and m.parent is None):
+            return m.version
     manifest = registry.publish(
-        resolved.path, base_model=settings.model, parent=None, kind="full",
+        resolved.path, base_model=settings.model, parent=None, kind="full", version=resolved.version,
         training_config={"imported_from": settings.model, "lineage_iteration": 0, "content_id": resolved.version},
     )
     return manifest.version
@@ -210,7 +216,7 @@ class Driver:
         common = dict(**head, **counts, train_steps=train["steps"], loss_first=train["first_loss"],
                       loss_last=train["last_loss"], gate=gate)
         if not gate.promoted:
-            await self.rep.set(phase=Phase.eval, message=f"rejected: {gate.reason}")
+            await self.rep.set(phase=Phase.eval, message=gate.reason)
             return IterationOutcome(**common, status="rejected", seconds=seconds)
         published = await self._step(i, "publish", lambda: self.step_publish(i, base, train, gate_out, pairs))
         deployed = await self._step(i, "deploy", lambda: self.step_deploy(i, published["version"]))
@@ -337,19 +343,31 @@ class Driver:
                 "config": config.model_dump(mode="json")}
 
     async def _eval(self, path: Path, version: str, heldout: list[Problem], cache: Path, label: str) -> EvalReport:
+        """``label``'s greedy report on ``heldout`` (cached in ``cache``); progress counts problems
+        (both versions' in one total) and ``accuracy_<label>`` is its accuracy so far."""
+        field = f"accuracy_{label}"
         if cache.is_file():
-            return EvalReport.model_validate_json(cache.read_text())
-        await self.rep.set(phase=Phase.eval, done=0, total=len(heldout), message=f"evaluating {label}")
+            report = EvalReport.model_validate_json(cache.read_text())
+            await self.rep.set(**{field: report.greedy_accuracy})
+            return report
+        await self.rep.set(phase=Phase.eval, message=f"evaluating {label}")
         sandbox = await self.resources.sandbox()
         engine = await self.resources.engine(path, version)
+        seen = correct = 0
 
-        async def on_done(done: int, total: int) -> None:
-            await self.rep.set(done=done, total=total)
+        def on_outcome(outcome: ProblemOutcome) -> Awaitable[None]:
+            # counted now, in finishing order; the snapshot is written by the task the gate awaits
+            nonlocal seen, correct
+            seen += 1
+            correct += int(outcome.greedy_correct)
+            self.rep.now = self.rep.now.model_copy(update={"done": self.rep.now.done + 1, field: correct / seen,
+                                                           "message": f"evaluating {label}: {seen}/{len(heldout)}"})
+            return self.rep.fn(self.rep.now)
 
         try:
             report = await evaluate_engine(engine, sandbox, heldout, dataset=self.recipe.dataset,
                                            settings=self.resources.solver_settings(), concurrency=self.recipe.concurrency,
-                                           on_done=on_done)
+                                           on_outcome=on_outcome)
             if label == "candidate":
                 golden = await golden_prompts(engine, heldout)
                 write_json_durable(cache.with_name("golden.json"),
@@ -367,11 +385,18 @@ class Driver:
         prev = self.rd.done(i - 1, "publish") if i > 1 else None
         if prev is not None and prev["version"] == base["version"]:
             current_cache = self.rd.iter_dir(i - 1) / "eval_candidate.json"
+        candidate_cache = d / "eval_candidate.json"
+        # done/total count held-out problems over both versions still to evaluate (a cached report counts as done)
+        total = len(heldout) * 2
+        done = len(heldout) * (int(current_cache.is_file()) + int(candidate_cache.is_file()))
+        await self.rep.set(phase=Phase.eval, done=done, total=total, accuracy_current=None, accuracy_candidate=None,
+                           message="")
         current = await self._eval(Path(base["path"]), base["version"], heldout, current_cache, "current")
-        candidate = await self._eval(d / "train", f"candidate-{self.run_id}-{i}", heldout,
-                                     d / "eval_candidate.json", "candidate")
-        gate = decide(base["version"], current, candidate, self.recipe.tolerance)
-        await self.rep.set(phase=Phase.eval, done=len(heldout), total=len(heldout),
+        candidate = await self._eval(d / "train", f"candidate-{self.run_id}-{i}", heldout, candidate_cache, "candidate")
+        r = self.recipe
+        gate = decide(base["version"], current, candidate, r.tolerance, min_problems=r.gate_min_problems,
+                      alpha=r.gate_alpha, force=r.force_promote)
+        await self.rep.set(phase=Phase.eval, done=total, total=total,
                            accuracy_current=gate.accuracy_current, accuracy_candidate=gate.accuracy_candidate,
                            message=gate.reason)
         return {"gate": gate.model_dump(mode="json")}

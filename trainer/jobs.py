@@ -47,7 +47,8 @@ FINAL_STATES: frozenset[str] = frozenset({"succeeded", "rejected", "no_pairs", "
 
 
 class Rejection(BaseModel):
-    """Why the eval gate refused a candidate (the candidate was not published)."""
+    """Why the eval gate refused a candidate (the candidate was not published): the numbers of
+    its paired test (:mod:`trainer.gate`)."""
 
     iteration: int
     current_version: str
@@ -56,6 +57,11 @@ class Rejection(BaseModel):
     tolerance: float
     n: int
     reason: str
+    wins: int = Field(0, description="held-out problems only the candidate solved")
+    losses: int = Field(0, description="held-out problems only the current version solved")
+    lower_bound: float | None = Field(None, description="the paired lower bound of candidate - current accuracy")
+    alpha: float | None = None
+    min_problems: int | None = None
 
 
 class JobRecord(BaseModel):
@@ -77,6 +83,20 @@ class JobRecord(BaseModel):
     rejection: Rejection | None = None
     outcome: dict[str, Any] | None = Field(None, description="trainer.iterate.RunOutcome when finished")
     error: str | None = None
+
+
+class UnreadableJob(BaseModel):
+    """A stored job record that does not parse (written by another version, or damaged): listed
+    as what it is, never an error for the reader."""
+
+    id: str
+    kind: Literal["retrain"] = "retrain"
+    state: Literal["unreadable"] = "unreadable"
+    error: str = Field(description="why the stored record could not be read")
+
+
+class UnreadableJobError(RuntimeError):
+    """The record an idempotency key points at cannot be read (use another key)."""
 
 
 class EnqueueResult(BaseModel):
@@ -113,19 +133,41 @@ async def connect(redis_url: str) -> ArqRedis:
     return await create_pool(RedisSettings.from_dsn(redis_url))
 
 
-async def get_job(redis: Any, job_id: str, *, prefix: str = DEFAULT_PREFIX) -> JobRecord | None:
-    """The job's record, or None. ``redis``: any redis.asyncio client (bytes or str replies)."""
+def parse_job(job_id: str, raw: str) -> JobRecord | UnreadableJob:
+    """A stored record as a :class:`JobRecord`, or an :class:`UnreadableJob` saying why not."""
+    try:
+        return JobRecord.model_validate_json(raw)
+    except ValueError as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        why = f"{where}: {first.get('msg', 'invalid')}" if first else type(exc).__name__
+        return UnreadableJob(id=job_id, error=f"the stored record does not parse ({why})"[:500])
+
+
+async def read_job(redis: Any, job_id: str, *, prefix: str = DEFAULT_PREFIX) -> JobRecord | UnreadableJob | None:
+    """The job's record (or why it cannot be read), or None. ``redis``: any redis.asyncio client."""
     raw = _text(await redis.get(job_key(prefix, job_id)))
-    return JobRecord.model_validate_json(raw) if raw is not None else None
+    return parse_job(job_id, raw) if raw is not None else None
+
+
+async def get_job(redis: Any, job_id: str, *, prefix: str = DEFAULT_PREFIX) -> JobRecord | None:
+    """The job's record; None when there is none or it cannot be read (the worker cannot run it)."""
+    record = await read_job(redis, job_id, prefix=prefix)
+    return record if isinstance(record, JobRecord) else None
+
+
+async def read_jobs(redis: Any, *, prefix: str = DEFAULT_PREFIX, limit: int = 50) -> list[JobRecord | UnreadableJob]:
+    """The newest ``limit`` jobs, newest first; a record that does not parse is listed as unreadable."""
+    ids = [str(_text(i)) for i in await redis.zrevrange(index_key(prefix), 0, max(0, limit - 1))]
+    if not ids:
+        return []
+    raws = await redis.mget([job_key(prefix, i) for i in ids])
+    return [parse_job(i, t) for i, r in zip(ids, raws, strict=True) if (t := _text(r)) is not None]
 
 
 async def list_jobs(redis: Any, *, prefix: str = DEFAULT_PREFIX, limit: int = 50) -> list[JobRecord]:
-    """The newest ``limit`` jobs, newest first."""
-    ids = [_text(i) for i in await redis.zrevrange(index_key(prefix), 0, max(0, limit - 1))]
-    if not ids:
-        return []
-    raws = await redis.mget([job_key(prefix, str(i)) for i in ids])
-    return [JobRecord.model_validate_json(t) for r in raws if (t := _text(r)) is not None]
+    """The newest ``limit`` readable jobs, newest first."""
+    return [r for r in await read_jobs(redis, prefix=prefix, limit=limit) if isinstance(r, JobRecord)]
 
 
 async def save_job(redis: Any, record: JobRecord, *, prefix: str = DEFAULT_PREFIX) -> None:
@@ -152,10 +194,12 @@ async def enqueue_retrain(
     record = JobRecord(id=job_id, request=request, idempotency_key=idempotency_key, trigger=trigger)
     created = bool(await pool.set(job_key(prefix, job_id), record.model_dump_json(), nx=True))
     if not created:
-        existing = await get_job(pool, job_id, prefix=prefix)
+        existing = await read_job(pool, job_id, prefix=prefix)
         if existing is None:  # deleted between the two calls: try once more
             return await enqueue_retrain(pool, request, idempotency_key, prefix=prefix, queue_name=queue_name,
                                          trigger=trigger)
+        if isinstance(existing, UnreadableJob):
+            raise UnreadableJobError(f"the job of this idempotency key ({job_id}) is unreadable: {existing.error}")
         record = existing
     await pool.zadd(index_key(prefix), {job_id: record.created_at}, nx=True)
     if record.state == "queued":

@@ -32,7 +32,7 @@ def parse_temperatures(text: str) -> list[float]:
 class RetrainRequest(BaseModel):
     """What a caller may ask for (``POST /admin/retrain``, the schedule); None = the setting."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     iterations: int = Field(1, ge=1, le=100, description="iterations T (each: rollouts, pairs, train, gate, publish, "
                             "deploy)")
@@ -46,8 +46,11 @@ class RetrainRequest(BaseModel):
     samples: int | None = Field(None, ge=2, le=64, description="rollouts per prompt N (default MATHAGENT_SAMPLES)")
     temperatures: list[float] | None = Field(None, max_length=100, description="rollout temperature per iteration, "
                                              "e.g. 0.8,0.8,1.3 (default MATHAGENT_TEMPERATURES)")
-    tolerance: float | None = Field(None, ge=-1, le=1, description="promote when candidate >= current - tolerance; "
-                                    "negative: it must be better by that much (default MATHAGENT_TOLERANCE)")
+    tolerance: float | None = Field(None, ge=-1, le=1, description="the gate's non-inferiority margin: promote "
+                                    "when the paired lower confidence bound of candidate - current accuracy is >= "
+                                    "-tolerance; negative: it must be better by that much (default MATHAGENT_TOLERANCE)")
+    force_promote: bool = Field(False, description="publish and deploy even when the eval gate refuses (its numbers "
+                                "and the refusal are still recorded): an operator's override")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per iteration")
     use_logged: bool = Field(True, description="add prompts from logged, labelled trajectories")
     seed: int = Field(0, description="data and sampling seed")
@@ -68,7 +71,7 @@ class RetrainRequest(BaseModel):
 class Recipe(BaseModel):
     """The fully resolved recipe of one run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     iterations: int = Field(ge=1)
     dataset: str
@@ -80,6 +83,9 @@ class Recipe(BaseModel):
     samples: int
     temperatures: list[float]
     tolerance: float
+    gate_min_problems: int = 1
+    gate_alpha: float = 0.05
+    force_promote: bool = False
     pairs_k: int
     scpo_tau: float
     loss: str
@@ -118,6 +124,9 @@ def resolve_recipe(settings: TrainerSettings, request: RetrainRequest) -> Recipe
         samples=pick(request.samples, settings.samples),
         temperatures=pick(request.temperatures, parse_temperatures(settings.temperatures)),
         tolerance=pick(request.tolerance, settings.tolerance),
+        gate_min_problems=settings.gate_min_problems,
+        gate_alpha=settings.gate_alpha,
+        force_promote=request.force_promote,
         pairs_k=settings.pairs_k,
         scpo_tau=settings.scpo_tau,
         loss=settings.loss,

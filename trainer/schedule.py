@@ -4,7 +4,8 @@ Checked by the worker once a minute (an arq cron job). State in Redis, under the
 ``P:schedule:last`` (time of the last timed retrain), ``P:schedule:cursor:trajectories`` and
 ``P:schedule:cursor:feedback`` (stream ids read so far), ``P:schedule:labels`` (labels counted
 since the last label-triggered retrain). A label is a user trajectory logged with a gold
-answer, or a feedback record with a rating or a corrected answer. The first check starts the
+answer, or a trusted feedback record (from the solving caller or an admin) with a rating or a
+corrected answer: votes from anyone else never trigger a retrain. The first check starts the
 cursors at the streams' current ends: history from before the schedule existed does not count.
 Nothing is enqueued while another retrain job is queued or running.
 """
@@ -62,7 +63,7 @@ def _trajectory_label(raw: str) -> bool:
 
 def _feedback_label(raw: str) -> bool:
     f = Feedback.model_validate_json(raw)
-    return f.rating is not None or bool(f.corrected_answer and f.corrected_answer.strip())
+    return f.trusted and (f.rating is not None or bool(f.corrected_answer and f.corrected_answer.strip()))
 
 
 async def check_schedule(pool: Any, settings: TrainerSettings, now: float | None = None) -> ScheduleDecision:

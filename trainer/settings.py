@@ -76,7 +76,13 @@ class TrainerSettings(ServiceSettings):
     log_prompt_limit: int = Field(64, ge=0, description="prompts from logged trajectories per iteration at most")
     samples: int = Field(8, ge=2, description="rollouts per prompt (IRPO: N)")
     temperatures: str = Field("0.8,0.8,1.3", description="rollout temperature per iteration, comma-separated (last repeats)")
-    tolerance: float = Field(0.0, description="promote when candidate accuracy >= current - tolerance")
+    tolerance: float = Field(0.05, ge=-1, le=1, allow_inf_nan=False, description="the eval gate's non-inferiority "
+                             "margin: promote when the paired 1 - alpha lower bound of candidate - current held-out "
+                             "accuracy is >= -tolerance")
+    gate_min_problems: int = Field(20, ge=1, description="the eval gate refuses a candidate measured on fewer held-out "
+                                   "problems")
+    gate_alpha: float = Field(0.05, gt=0, lt=0.5, allow_inf_nan=False, description="the eval gate's one-sided "
+                              "error level (the lower bound is the paired bootstrap's alpha quantile)")
     pairs_k: int = Field(10, ge=1, description="IRPO pairs per problem (K)")
     scpo_tau: float = Field(0.5, ge=0, le=1, description="ScPO: minimum vote share for unlabelled prompts")
     loss: str = Field("dpo+nll", description="training loss")

@@ -30,8 +30,8 @@ from trainer.jobs import (
     JobRecord,
     JobWriter,
     Rejection,
-    get_job,
     list_jobs,
+    read_job,
     save_job,
 )
 from trainer.settings import TrainerSettings
@@ -103,9 +103,10 @@ async def retrain(ctx: dict[str, Any], job_id: str) -> str:
     settings: TrainerSettings = ctx["settings"]
     redis = ctx["redis"]
     prefix = settings.job_prefix
-    record = await get_job(redis, job_id, prefix=prefix)
-    if record is None:
-        log.error("job %s has no record under %s; nothing to do", job_id, prefix)
+    record = await read_job(redis, job_id, prefix=prefix)
+    if not isinstance(record, JobRecord):
+        log.error("job %s: %s under %s; nothing to do", job_id,
+                  record.error if record is not None else "no record", prefix)
         return "failed"
     if record.state in FINAL_STATES:
         return record.state
@@ -138,9 +139,7 @@ async def retrain(ctx: dict[str, Any], job_id: str) -> str:
     last = outcome.iterations[-1] if outcome.iterations else None
     if outcome.status == "rejected" and last is not None and last.gate is not None:
         g = last.gate
-        rejection = Rejection(iteration=last.iteration, current_version=g.current_version,
-                              accuracy_current=g.accuracy_current, accuracy_candidate=g.accuracy_candidate,
-                              tolerance=g.tolerance, n=g.n, reason=g.reason)
+        rejection = Rejection(iteration=last.iteration, **g.model_dump(include=set(Rejection.model_fields)))
     await writer.update(state=outcome.status, finished_at=time.time(), outcome=outcome.model_dump(mode="json"),
                         rejection=rejection, versions=[it.version for it in outcome.iterations if it.version])
     return outcome.status

@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 
 from api.deps import Admin, State
 from api.errors import ApiError, ErrorResponse
@@ -42,7 +43,7 @@ class RetrainBody(RetrainRequest):
 
 
 class DeployRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
 
@@ -53,7 +54,14 @@ class EnqueueResponse(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[dict[str, Any]]
+    jobs: list[dict[str, Any]] = Field(description="job records (trainer.jobs.JobRecord), newest first; a stored "
+                                       "record that cannot be read appears as {id, state: \"unreadable\", error}")
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    """Pydantic's own JSON encoder: a non-finite float in a stored record becomes null instead of
+    failing the response (the standard encoder refuses NaN)."""
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
 def _swap(state: AppState) -> SwapManager:
@@ -86,7 +94,7 @@ async def _queue(state: AppState) -> Any:
              responses={200: {"model": EnqueueResponse, "description": "the job of this idempotency key existed"}})
 async def retrain(state: State, body: RetrainBody | None = None) -> Any:
     """Enqueue a retraining job for the trainer worker (idempotent by key)."""
-    from trainer.jobs import enqueue_retrain
+    from trainer.jobs import UnreadableJobError, enqueue_retrain
 
     body = body or RetrainBody()
     request = RetrainRequest.model_validate(body.model_dump(exclude={"idempotency_key"}))
@@ -96,30 +104,39 @@ async def retrain(state: State, body: RetrainBody | None = None) -> Any:
                                        queue_name=state.settings.queue_name, trigger="api")
     except OSError as exc:
         raise ApiError(503, f"the job queue (Redis) is unreachable: {type(exc).__name__}", code="queue_unavailable") from None
+    except UnreadableJobError as exc:
+        raise ApiError(409, str(exc), param="idempotency_key", code="job_unreadable") from None
     payload = EnqueueResponse(job=result.job.model_dump(mode="json"), created=result.created)
-    return JSONResponse(payload.model_dump(mode="json"), status_code=202 if result.created else 200)
+    return _json(payload, status=202 if result.created else 200)
 
 
 @router.get("/jobs", response_model=JobList)
-async def jobs(state: State, limit: int = 50) -> JobList:
+async def jobs(state: State, limit: int = 50) -> Response:
     """Training jobs, newest first, with their states and progress."""
-    from trainer.jobs import list_jobs
+    from trainer.jobs import read_jobs
 
     if not 1 <= limit <= 500:
         raise ApiError(422, "limit: must be between 1 and 500", param="limit", code="invalid_value")
-    records = await list_jobs(state.redis, prefix=state.settings.job_prefix, limit=limit)
-    return JobList(jobs=[r.model_dump(mode="json") for r in records])
+    try:
+        records = await read_jobs(state.redis, prefix=state.settings.job_prefix, limit=limit)
+    except (OSError, RedisError) as exc:
+        raise ApiError(503, f"the job store (Redis) is unreachable: {type(exc).__name__}", code="queue_unavailable") from None
+    return _json(JobList(jobs=[r.model_dump(mode="json") for r in records]))
 
 
 @router.get("/jobs/{job_id}", responses={404: {"model": ErrorResponse}})
-async def job(job_id: JobId, state: State) -> dict[str, Any]:
-    """One job: state, progress, published versions, outcome or error."""
-    from trainer.jobs import get_job
+async def job(job_id: JobId, state: State) -> Response:
+    """One job: state, progress, published versions, outcome or error (a stored record that cannot
+    be read: ``{id, state: "unreadable", error}``)."""
+    from trainer.jobs import read_job
 
-    record = await get_job(state.redis, job_id, prefix=state.settings.job_prefix)
+    try:
+        record = await read_job(state.redis, job_id, prefix=state.settings.job_prefix)
+    except (OSError, RedisError) as exc:
+        raise ApiError(503, f"the job store (Redis) is unreachable: {type(exc).__name__}", code="queue_unavailable") from None
     if record is None:
         raise ApiError(404, f"no job {job_id!r}", param="job_id", code="job_not_found")
-    return record.model_dump(mode="json")
+    return _json(record)
 
 
 @router.get("/versions", response_model=VersionsResponse)

@@ -1,17 +1,33 @@
-"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``)."""
+"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``).
+
+Anyone sees each component's status (and the model version, which every answer carries
+anyway); the details (Redis address, the sandbox's processes and uid range, the trainer's
+heartbeat, error texts) only a caller with the admin token sees.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import State
 
 router = APIRouter(tags=["health"])
+
+PUBLIC_FIELDS = {"status", "version"}
+
+
+def _shown(request: Request, state: State, checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every detail for the admin; each component's status (and the model version) for anyone else."""
+    assert state.callers is not None
+    if state.callers.is_admin(request):
+        return checks
+    return {name: {k: v for k, v in check.items() if k in PUBLIC_FIELDS} for name, check in checks.items()}
+
 
 async def _redis(state: State) -> dict[str, Any]:
     try:
@@ -57,23 +73,23 @@ def _redact(url: str) -> str:
 
 
 @router.get("/healthz")
-async def healthz(state: State) -> dict[str, Any]:
-    """Liveness, plus the state of every component (never fails because a component is down)."""
+async def healthz(request: Request, state: State) -> dict[str, Any]:
+    """Liveness, plus the state of every component (never fails because a component is down);
+    details with `Authorization: Bearer <admin token>`."""
     redis_s, sandbox_s, trainer_s = await asyncio.gather(_redis(state), _sandbox(state), _trainer(state))
-    return {
-        "status": "ok",
-        "components": {"gateway": {"status": "up"}, "model": _model(state), "redis": redis_s,
-                       "sandbox": sandbox_s, "trainer": trainer_s},
-    }
+    components = {"gateway": {"status": "up"}, "model": _model(state), "redis": redis_s, "sandbox": sandbox_s,
+                  "trainer": trainer_s}
+    return {"status": "ok", "components": _shown(request, state, components)}
 
 
 @router.get("/readyz", responses={503: {"description": "a component the gateway needs is down"}})
-async def readyz(state: State) -> JSONResponse:
-    """Ready to solve: the model is loaded, the sandbox answers, Redis answers (each listed)."""
+async def readyz(request: Request, state: State) -> JSONResponse:
+    """Ready to solve: the model is loaded, the sandbox answers, Redis answers (each listed);
+    details with `Authorization: Bearer <admin token>`."""
     redis_s, sandbox_s = await asyncio.gather(_redis(state), _sandbox(state))
     checks = {"model": _model(state), "sandbox": sandbox_s, "redis": redis_s}
     ready = all(c["status"] == "up" for c in checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse({"ready": ready, "checks": _shown(request, state, checks)}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response)

@@ -24,6 +24,14 @@ With `stream: true` the response is `text/event-stream`; each event's `event:` l
 `done` (the full result, as the non-streamed response) or `error` (`{"error": {...}}`)."""
 
 
+def _response(state: State, result: SolveResult) -> SolveResponse:
+    """The wire response, with the feedback token of its trajectory (only the solving caller gets it)."""
+    response = solving.to_response(state, result)
+    assert state.feedback_tokens is not None
+    response.feedback_token = state.feedback_tokens.mint(response.trajectory_id)
+    return response
+
+
 def _args(body: SolveRequest) -> solving.SolveArgs:
     return solving.SolveArgs(
         body.problem, gold=body.gold, mode=body.mode, max_turns=body.max_turns, samples=body.samples,
@@ -52,7 +60,7 @@ async def solve(
 
     async def work() -> dict[str, Any]:
         result: SolveResult = await solving.solve(state, request, args)
-        return solving.to_response(state, result).model_dump(mode="json")
+        return _response(state, result).model_dump(mode="json")
 
     return await solving.respond_once(state, request, "solve", idempotency_key, body.model_dump(mode="json"), work)
 
@@ -66,7 +74,7 @@ async def _stream(state: State, args: solving.SolveArgs) -> EventStreamResponse:
             yield sse(first.model_dump(mode="json"), first.type)
             async for ev in events:
                 if isinstance(ev, SolveResult):
-                    done = ResultEv(result=solving.to_response(state, ev))
+                    done = ResultEv(result=_response(state, ev))
                     yield sse(done.model_dump(mode="json"), done.type)
                 else:
                     yield sse(ev.model_dump(mode="json"), ev.type)

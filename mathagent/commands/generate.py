@@ -13,7 +13,11 @@ from agent.settings import AgentSettings
 from mathagent.errors import fail
 
 
-def run_provision() -> int:
+def run_provision(export: Path | None = None) -> int:
+    """Resolve MATHAGENT_MODEL into the cache; ``export``: also make that path a symlink to the
+    checkpoint (replaced atomically), so another process (vLLM) can serve the very same files."""
+    import os
+
     from agent import modelstore
 
     settings = load(AgentSettings)
@@ -22,6 +26,15 @@ def run_provision() -> int:
     except modelstore.ModelSpecError as exc:
         return fail(str(exc))
     print(f"model {resolved.spec} version {resolved.version} at {resolved.path}")
+    if export is not None:
+        if export.exists() and not export.is_symlink():
+            return fail(f"--export {export}: exists and is not a symlink (refusing to replace it)")
+        export.parent.mkdir(parents=True, exist_ok=True)
+        tmp = export.with_name(f".{export.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path(resolved.path).resolve(), target_is_directory=True)
+        os.replace(tmp, export)
+        print(f"exported as {export}")
     return 0
 
 

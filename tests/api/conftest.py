@@ -6,12 +6,18 @@ cells, the browser test).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from support.gateway_stack import RunningApp, Stack, model_state_dir
+
+# --import-mode=importlib puts no test folder on sys.path: the vLLM swap tests reuse helpers of
+# test_api_swap (a uniquely named module, never a conftest)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ def test_chat_page_streams_a_code_cell_and_stores_feedback(smol_app: RunningApp,
         finally:
             browser.close()
 
-    stored = [json.loads(x) for x in redis_client.lrange(f"mathagent:feedback:{tid}", 0, -1)]
+    stored = [json.loads(x) for x in redis_client.hvals(f"mathagent:feedback:by-caller:{tid}")]  # latest per caller
     assert [f["rating"] for f in stored] == ["up"]
     traj = json.loads(redis_client.xrange("mathagent:trajectories", redis_client.hget("mathagent:trajectories:index", tid),
                                           redis_client.hget("mathagent:trajectories:index", tid))[0][1]["data"])

@@ -200,3 +200,86 @@ def test_alternating_swaps_do_not_leak(swap_app: RunningApp) -> None:
     alive = [r for r in refs if r() is not None]
     assert not alive, f"{len(alive)} retired models still referenced"
     assert end - level < 60 * 2**20, f"RSS grew by {(end - level) / 2**20:.1f} MB over 20 swaps"
+
+
+def test_the_base_model_has_one_identity_and_a_rollback_to_it_points_the_registry_at_it(
+        stack: Stack, tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A gateway started on MATHAGENT_MODEL; the trainer imports that model (its first retrain
+    does) and publishes v0002; deploy v0002, roll back: the base model is one version throughout,
+    and the registry's pointer names what is served."""
+    from agent.modelstore import resolve, tiny_random_model
+    from trainer.iterate import ensure_base
+    from trainer.registry import Registry
+    from trainer.settings import TrainerSettings
+
+    tmp = tmp_path_factory.mktemp("base-identity")
+    model = tmp / "base-model"
+    tiny_random_model(tokenizer, seed=21).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    base = resolve(str(model), tmp).version
+    registry = Registry(tmp / "registry")
+    app = stack.serve(None, model=str(model), registry_dir=registry.root, max_new_tokens=16, max_total_tokens=1024,
+                      rate_limit_per_minute=0)
+    trainer = TrainerSettings(model=str(model), state_dir=tmp, registry_dir=registry.root)
+    assert ensure_base(registry, trainer) == base  # the import is named as the gateway serves it
+    assert ensure_base(registry, trainer) == base and len(registry.manifests()) == 1  # once
+    publish_tiny(registry, tokenizer, "v0002", 22, tmp)
+
+    def listed(body: dict[str, Any]) -> list[str]:
+        names = [v["version"] for v in body["versions"]]
+        assert len(names) == len(set(names)), names
+        return names
+
+    with admin(app) as c:
+        body = wait_settled(c)
+        assert body["active"] == base and listed(body) == [base, "v0002"]
+        entry = body["versions"][0]
+        assert entry["configured_base"] and entry["in_registry"] and entry["active"] and entry["resident"]
+
+        c.post("/admin/deploy", json={"version": "v0002"}).raise_for_status()
+        body = wait_settled(c)
+        assert listed(body) == [base, "v0002"] and body["registry_active"] == "v0002"
+
+        r = c.post("/admin/rollback")
+        assert r.status_code == 200 and r.json()["to_version"] == base, r.text
+        body = wait_settled(c)
+        assert listed(body) == [base, "v0002"]
+        assert body["active"] == body["registry_active"] == base and body["previous"] == "v0002"
+        assert registry.pointer().active == base and registry.pointer().previous == "v0002"
+        assert solve_version(app) == base
+
+
+async def test_a_base_import_from_before_content_id_names_is_the_same_version(tokenizer: Any, tmp_path: Path) -> None:
+    """A registry whose import of the base model is ``v0001`` (made before imports were named by
+    the content id): still one entry, and a rollback to the base points the registry at v0001."""
+    from agent.engines.transformers_engine import TransformersEngine
+    from agent.modelstore import resolve, tiny_random_model
+    from api.metrics import Metrics
+    from api.swap import SwapManager
+    from api.swap_backends import TransformersBackend, VersionSource
+    from trainer.registry import Registry
+
+    model = tmp_path / "base-model"
+    tiny_random_model(tokenizer, seed=31).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    base = resolve(str(model), tmp_path).version
+    registry = Registry(tmp_path / "registry")
+    registry.publish(model, base_model=str(model), version="v0001",
+                     training_config={"imported_from": str(model), "content_id": base, "lineage_iteration": 0})
+    await asyncio.to_thread(publish_tiny, registry, tokenizer, "v0002", 32, tmp_path)  # it runs its own loop
+    engine = TransformersEngine.from_path(model, base)
+    manager = SwapManager(engine, TransformersBackend(engine, tmp_path), registry, metrics=Metrics(),
+                          base=VersionSource(version=base, path=model, kind="full", in_registry=False))
+    try:
+        listed = manager.versions().versions
+        assert [(v.version, v.registry_version, v.configured_base) for v in listed] == [
+            (base, "v0001", True), ("v0002", None, False)]
+        await manager.deploy("v0002")
+        rolled = await manager.rollback()
+        assert rolled.to_version == base and registry.pointer().active == "v0001"
+        view = manager.versions()
+        assert view.active == base and view.registry_active == "v0001" and len(view.versions) == 2
+        assert [v.active for v in view.versions] == [True, False]
+    finally:
+        await manager.aclose()
+        await engine.aclose()

@@ -98,3 +98,25 @@ def test_unreachable_redis_without_redis_server_is_one_line(tmp_path: Path) -> N
 def test_env_example_lists_every_setting() -> None:
     committed = (ROOT / ".env.example").read_text()
     assert committed == example_env(), "run `mathagent config-example > .env.example`"
+
+
+def test_api_keys_are_digests_made_by_new_key(tmp_path: Path) -> None:
+    """`python -m api new-key` prints a key and its digest; the settings take the digest (never a
+    key: a plain key in MATHAGENT_API_KEYS is refused, naming the variable, without echoing it)."""
+    import hashlib
+
+    proc = _run([sys.executable, "-m", "api", "new-key"], _env(tmp_path, PYTHONPATH=str(ROOT)), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    fields = dict(line.split(":", 1) for line in proc.stdout.splitlines())
+    key, digest = fields["key"].strip(), fields["sha256"].strip()
+    assert hashlib.sha256(key.encode()).hexdigest() == digest
+    assert load(GatewaySettings, dev=True, api_keys=digest).api_key_digests == {digest}
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# ops team\n{digest}\n")
+    assert load(GatewaySettings, dev=True, api_keys_file=keys_file).api_key_digests == {digest}
+    with pytest.raises(ConfigError) as info:
+        load(GatewaySettings, dev=True, api_keys=key)
+    assert "MATHAGENT_API_KEYS" in info.value.message and key not in info.value.message
+    for bad in ({"require_api_key": True}, {"trusted_proxies": "10.0.0.0/33"}, {"api_keys_file": tmp_path / "none"}):
+        with pytest.raises(ConfigError):
+            load(GatewaySettings, dev=True, **bad)

@@ -76,7 +76,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         comps = health["components"]
         for name in ("gateway", "model", "redis", "sandbox", "trainer"):
             assert comps[name]["status"] == "up", (name, comps[name])
-        assert str(redis_port) in comps["redis"]["url"]
+        token = (state / "admin_token").read_text().strip()
+        # details for the admin only; a token in a query string (a mistake) never reaches the log
+        detailed = httpx.get(f"http://127.0.0.1:{api_port}/healthz?token={token}",
+                             headers={"Authorization": f"Bearer {token}"}, timeout=10).json()["components"]
+        assert str(redis_port) in detailed["redis"]["url"] and "url" not in comps["redis"]
         assert (state / "redis").is_dir(), "the private redis keeps its data under the state dir"
         seen = _descendants(proc.pid)
         assert len(seen) >= 4  # redis, sandbox (+ its workers), gateway, trainer worker
@@ -86,6 +90,9 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         reader.join(timeout=10)
     out = "".join(lines)
     assert proc.returncode == 0, out
+    gateway_log = state / "logs" / "gateway.log"
+    assert (gateway_log.stat().st_mode & 0o777) == 0o600
+    assert "/healthz?token=***" in gateway_log.read_text() and token not in gateway_log.read_text()
     assert "mathagent is up" in out and "stopped" in out
     time.sleep(0.5)
     alive = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

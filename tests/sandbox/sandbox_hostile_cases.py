@@ -4,6 +4,9 @@ a case added here is exercised both ways. A plain module (uniquely named: tests/
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +62,62 @@ def _syscall(nr: int, *args: int) -> str:
         libc.syscall.restype = ctypes.c_long
         print(libc.syscall({nr}{", " if a else ""}{a}), ctypes.get_errno())
     """)
+
+
+# Host objects the fixtures plant to tempt the cases: a world-writable SysV segment, world-writable unix
+# sockets in /run (listening; Host.assert_intact checks they never got a connection or a datagram).
+HOST_SHM_KEY = 0x4D410000 | (os.getpid() & 0xFFF) << 4  # per test process (suites may run side by side)
+RUN_SOCKET = Path(f"/run/mathagent-sbx-{os.getpid()}.sock")
+RUN_DGRAM = Path(f"/run/mathagent-sbx-{os.getpid()}.dgram")
+OUTSIDE_FILES = ["host.sock", "link", "secret.txt"]
+
+
+def _libc_call(fn: str, *args: int) -> str:
+    a = ", ".join(str(x) for x in args)
+    return textwrap.dedent(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(libc.{fn}({a}), ctypes.get_errno())
+    """)
+
+
+def _syscall_str(nr: int, text: str, *args: int) -> str:
+    a = ", ".join(str(x) for x in args)
+    return textwrap.dedent(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        print(libc.syscall({nr}, ctypes.c_char_p({text.encode()!r}), {a}), ctypes.get_errno())
+    """)
+
+
+def _i386(nr: int, *args: int) -> str:
+    """A system call through the i386 ABI (int 0x80) from the 64-bit worker, in a few bytes of machine code."""
+    regs = [b"\xbb", b"\xb9", b"\xba", b"\xbe", b"\xbf"]  # mov ebx/ecx/edx/esi/edi, imm32
+    body = b"\x53\x56\x57" + b"\xb8" + struct.pack("<I", nr)
+    for reg, value in zip(regs, args, strict=False):
+        body += reg + struct.pack("<I", value & 0xFFFFFFFF)
+    body += b"\xcd\x80\x5f\x5e\x5b\xc3"  # int 0x80; pop edi, esi, ebx; ret
+    return textwrap.dedent(f"""
+        import ctypes, mmap
+        m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        m.write({body!r})
+        print(ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))())
+    """)
+
+
+def _frame(body: bytes, size: int | None = None, then: str = "time.sleep(5)") -> str:
+    """Code that writes one frame on the worker's command socket (fd 3), then ``then``."""
+    header = struct.pack("!I", len(body) if size is None else size)
+    return f"import os, time\nos.write(3, {header + body!r})\n{then}"
+
+
+def _few_pids(seen: int) -> None:
+    """The zygote's PID namespace holds the zygote and its workers; the host holds many more."""
+    host = sum(1 for e in os.listdir("/proc") if e.isdigit())
+    bound = 16
+    assert host > bound, f"the host runs only {host} processes: this case proves nothing"
+    assert 1 <= seen <= bound, f"{seen} pids visible from the sandbox"
 
 
 CASES: dict[str, Case] = {
@@ -138,9 +197,10 @@ CASES: dict[str, Case] = {
     "dev_shm_fill": Case("with open('/dev/shm/fill', 'wb') as f:\n    f.write(b'0' * 64 * 2**20)", {ERR}),
     # ---- files ------------------------------------------------------------------------------
     "write_system_path": Case("open('/etc/mathagent-pwned', 'w').write('x')", {ERR}, absent=["/etc/mathagent-pwned"]),
-    "write_outside_world_writable": Case("open('{outside}/pwned', 'w').write('x')", {ERR}, has("PermissionError"),
+    # Outside the workers' view host paths are absent (not merely denied): FileNotFoundError.
+    "write_outside_world_writable": Case("open('{outside}/pwned', 'w').write('x')", {ERR}, has("FileNotFoundError"),
                                          absent=["{outside}/pwned"]),
-    "read_outside_file": Case("print(open('{outside}/secret.txt').read())", {ERR}, has("PermissionError")),
+    "read_outside_file": Case("print(open('{outside}/secret.txt').read())", {ERR}, has("FileNotFoundError")),
     "read_project_checkout": Case("print(open('{repo}/pyproject.toml').read()[:50])", {ERR}),
     "list_project_checkout": Case("import os\nprint(os.listdir('{repo}'))", {ERR}),
     "delete_project_file": Case("import os\nos.remove('{repo}/pyproject.toml')", {ERR},
@@ -174,12 +234,151 @@ CASES: dict[str, Case] = {
     "syscall_perf_event_open": Case(_syscall(298, 0, 0, -1, -1, 0), {OK}, out_is("-1 1")),
     "syscall_clone_process": Case(_syscall(56, 17, 0, 0, 0, 0), {OK}, out_is("-1 1")),
     "ioctl_tiocsti": Case("import fcntl, sys\nfcntl.ioctl(0, 0x5412, b'x')", {ERR}),
+    # ---- SysV IPC and POSIX message queues (objects that outlive a process; the host's must stay unseen;
+    #      Host.assert_intact checks the host's SysV tables and the planted segment afterwards) ----------
+    "sysv_shm_create": Case(_libc_call("shmget", HOST_SHM_KEY + 1, 1 << 20, 0o1666), {OK}, out_is("-1 1")),
+    "sysv_shm_private": Case(_libc_call("shmget", 0, 1 << 20, 0o1600), {OK}, out_is("-1 1")),
+    "sysv_shm_attach_host_segment": Case(_libc_call("shmget", HOST_SHM_KEY, 0, 0), {OK}, out_is("-1 1")),
+    "sysv_msg_queue": Case(_libc_call("msgget", HOST_SHM_KEY + 2, 0o1666), {OK}, out_is("-1 1")),
+    "sysv_semaphore": Case(_libc_call("semget", HOST_SHM_KEY + 3, 1, 0o1666), {OK}, out_is("-1 1")),
+    "sysv_raw_syscalls": Case(textwrap.dedent("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        # shmget shmat shmctl msgget msgsnd msgrcv msgctl semget semop semctl shmdt semtimedop
+        out = set()
+        for nr in (29, 30, 31, 68, 69, 70, 71, 64, 65, 66, 67, 220):
+            out.add((libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno()))
+        print(sorted(out))
+    """), {OK}, out_is("[(-1, 1)]")),
+    "sysv_host_objects_invisible": Case(
+        "print([len(open(f'/proc/sysvipc/{k}').read().splitlines()) for k in ('shm', 'msg', 'sem')])",
+        {OK}, out_is("[1, 1, 1]")),  # the header line only, though the host has a segment (fixture)
+    "posix_message_queue": Case(_syscall_str(240, "/mathagent-q", 0o102, 0o600, 0), {OK}, out_is("-1 1")),
+    "ipc_multiplexer_i386_abi": Case(_i386(117, 23, HOST_SHM_KEY + 4, 1 << 20, 0o1666), {CRASH},
+                                     has("SIGSYS", "detail")),  # ipc(SHMGET) through int 0x80
+    "shmget_x32_abi": Case(_syscall(0x40000000 | 29, HOST_SHM_KEY + 5, 1 << 20, 0o1666), {CRASH},
+                           has("SIGSYS", "detail")),
+    # ---- host sockets, host metadata, the project checkout: not in the view ----------------------
+    "connect_host_socket_in_run": Case(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('{runsock}')\ns.sendall(b'leak')", {ERR},
+        has("PermissionError")),
+    "sendto_host_datagram_socket": Case(
+        "import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'leak', '{rundgram}')", {ERR},
+        has("PermissionError")),
+    "host_socket_paths_absent": Case(
+        "import os\nprint([os.path.lexists(p) for p in ('{runsock}', '{rundgram}', '{outside}/host.sock', "
+        "'/run', '/var/run', '/dev/log', '/tmp/.X11-unix')])", {OK}, out_is("[False, False, False, False, False, False, "
+                                                                            "False]")),
+    "socket_families": Case(textwrap.dedent("""
+        import socket
+        out = {}
+        for name in ('AF_INET', 'AF_INET6', 'AF_UNIX', 'AF_NETLINK', 'AF_PACKET', 'AF_VSOCK', 'AF_ALG', 'AF_KEY'):
+            fam = getattr(socket, name, None)
+            if fam is None:
+                continue
+            try:
+                socket.socket(fam, socket.SOCK_DGRAM if name != 'AF_VSOCK' else socket.SOCK_STREAM).close()
+                out[name] = 'created'
+            except OSError as e:
+                out[name] = e.errno
+        a, b = socket.socketpair()
+        a.sendall(b'x')
+        print(sorted(set(out.values())), b.recv(1))
+    """), {OK}, out_is("[1] b'x'")),  # every family refused (EPERM); a socketpair works
+    "stat_project_file": Case("import os\nprint(os.stat('{repo}/pyproject.toml'))", {ERR}, has("FileNotFoundError")),
+    "readlink_host_symlink": Case("import os\nprint(os.readlink('{outside}/link'))", {ERR}, has("FileNotFoundError")),
+    "host_paths_absent": Case(
+        "import os, sys\nprint([os.path.lexists(p) for p in ('/home', '/var', '/boot', '/etc/passwd', '/etc/shadow', "
+        "'/root/.bashrc', '{repo}/pyproject.toml', '{repo}/sandbox', '{repo}/.git', '{outside}', "
+        "os.path.join(sys.prefix, '..', 'pyproject.toml'), '/proc/1/root', '/dev/vda', '/dev/mem', '/dev/kmsg')])",
+        {OK}, out_is(str([False] * 15))),
+    "walk_up_from_the_interpreter": Case(
+        "import os, sys\nprint(os.listdir(os.path.join(sys.prefix, '..')))", {ERR, OK},
+        lambda r: "pyproject.toml" not in r.stdout or pytest.fail(r.stdout)),
+    "host_name": Case("import os, socket\nprint(socket.gethostname(), os.uname().nodename)", {OK},
+                      lambda r: (r.stdout == "sandbox sandbox\n" and socket.gethostname() not in r.stdout)
+                      or pytest.fail(r.stdout)),
+    "inotify_watch": Case(_libc_call("inotify_init1", 0), {OK}, out_is("-1 1")),
+    "proc_self_root": Case("import os\nprint(os.listdir('/proc/self/root/run'))", {ERR}),
+    # ---- forged or malformed frames on the worker's command socket (fd 3): the code's own crash ------
+    "forged_deeply_nested_frame": Case(_frame(b'{"op":"done","nonce":' + b"[" * 2000 + b"]" * 2000 + b"}"), {CRASH},
+                                       has("result channel", "detail")),
+    "forged_deeply_nested_small_frame": Case(_frame(b"[" * 1500 + b"]" * 1500), {CRASH}, has("result channel", "detail")),
+    "forged_oversized_frame": Case(_frame(b"x", size=0xFFFFFFFF), {CRASH}, has("result channel", "detail")),
+    "forged_garbage_frame": Case(_frame(b"\xff\xfe garbage \x00"), {CRASH}, has("result channel", "detail")),
+    "forged_non_object_frame": Case(_frame(b"[1, 2, 3]"), {CRASH}, has("result channel", "detail")),
+    "forged_wrong_types_frame": Case(_frame(b'{"exc_type":{"a":[1]},"op":"done","nonce":"x","raised":"no"}'), {CRASH},
+                                     has("result channel", "detail")),
+    "forged_huge_number_frame": Case(_frame(b'{"op":"done","nonce":1e999999,"raised":false}'), {CRASH},
+                                     has("result channel", "detail")),
+    "forged_done_out_of_order": Case(_frame(b'{"op":"done","nonce":"' + b"0" * 32 + b'","raised":false,"exc_type":null}'),
+                                     {CRASH}, has("out of order", "detail")),
+    "forged_ready_frame": Case(_frame(b'{"applied":[],"op":"ready"}'), {CRASH}, has("result channel", "detail")),
+    "forged_frames_flood": Case(textwrap.dedent("""
+        import os, struct
+        body = b'{"op":"done"}'
+        frame = struct.pack('!I', len(body)) + body
+        for _ in range(20000):
+            os.write(3, frame)
+    """), {CRASH}, has("result channel", "detail")),
+    "forged_partial_header": Case("import os, time\nos.write(3, b'\\x00\\x00')\ntime.sleep(60)", {TO}, timeout_s=1.0),
+    "forged_frame_then_exit": Case(_frame(b"{}", then="os._exit(0)"), {CRASH}, has("result channel", "detail")),
+    "close_command_channel": Case("import os\nos.close(3)", {OK, CRASH, ERR}),
+    "shutdown_command_channel": Case("import socket\nsocket.socket(fileno=3).shutdown(socket.SHUT_RDWR)",
+                                     {OK, CRASH, ERR}),
+    # ---- weaker signals: the zygote's configuration, pids of the host ------------------------------
+    "zygote_config_not_in_argv": Case(
+        "import sys\nprint(sys.argv, sys.orig_argv, open('/proc/self/cmdline', 'rb').read())", {OK},
+        lambda r: not any(w in r.stdout for w in ("uid_base", "protections", "instance", "{", "read_only"))
+        or pytest.fail(r.stdout)),
+    "pidfd_open_any_pid": Case(textwrap.dedent("""
+        import os
+        out = []
+        for pid in (1, os.getppid(), os.getpid(), {host_pid}):
+            try:
+                os.close(os.pidfd_open(pid))
+                out.append('opened')
+            except OSError as e:
+                out.append(e.errno)
+        print(out)
+    """), {OK}, out_is("[1, 1, 1, 1]")),
+    "host_pid_probes": Case(textwrap.dedent("""
+        import os
+        out = set()
+        for probe in (lambda p: os.kill(p, 0), os.getpgid, os.getsid, os.sched_getaffinity,
+                      lambda p: os.getpriority(os.PRIO_PROCESS, p), lambda p: os.sched_getparam(p)):
+            try:
+                probe({host_pid})
+                out.add('found')
+            except ProcessLookupError:
+                out.add('ESRCH')
+            except OSError as e:
+                out.add(e.errno)
+        print(sorted(out, key=str))
+    """), {OK}, out_is("['ESRCH']")),  # the test process's pid names nothing in the zygote's PID namespace
+    "enumerate_pids": Case(textwrap.dedent("""
+        import os
+        seen = 0
+        for pid in range(1, 1 << 16):
+            try:
+                os.kill(pid, 0)
+                seen += 1
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                seen += 1
+        print(seen)
+    """), {OK}, lambda r: _few_pids(int(r.stdout))),
 }
 
 
 def render(code: str, outside: Path) -> str:
-    """Fill in the host paths a case refers to."""
-    return code.replace("{outside}", str(outside)).replace("{repo}", str(REPO)).replace("{{", "{").replace("}}", "}")
+    """Fill in the host paths and pids a case refers to."""
+    for key, value in (("{outside}", str(outside)), ("{repo}", str(REPO)), ("{runsock}", str(RUN_SOCKET)),
+                       ("{rundgram}", str(RUN_DGRAM)), ("{host_pid}", str(os.getpid()))):
+        code = code.replace(key, value)
+    return code.replace("{{", "{").replace("}}", "}")
 
 
 def assert_contained(name: str, case: Case, r: ExecResult, outside: Path) -> None:
@@ -191,5 +390,5 @@ def assert_contained(name: str, case: Case, r: ExecResult, outside: Path) -> Non
         case.check(r)
     for p in case.absent:
         assert not Path(render(p, outside)).exists(), f"{name} wrote {p}"
-    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert sorted(p.name for p in outside.iterdir()) == OUTSIDE_FILES
     assert "site-packages" not in r.stderr and "harness" not in r.stderr, "host paths leaked in traceback"

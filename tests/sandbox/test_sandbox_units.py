@@ -5,15 +5,18 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import sys
 from array import array
 
 import pytest
 
 from sandbox import cgroups, prefault
+from sandbox.cell import CappedStream
 from sandbox.client import SandboxClient, SandboxUnreachable
 from sandbox.harness import run_cell
 from sandbox.settings import SandboxSettings
-from sandbox.supervisor import CappedStream
+
+from .conftest import swap_kib
 
 
 def test_capped_stream_keeps_prefix_and_valid_utf8() -> None:
@@ -147,6 +150,36 @@ def test_slot_cgroup_sees_processes_join_and_leave() -> None:
         assert cg.sweep() == 1
         proc.wait(5)
         assert cg.pids() == set()
+    finally:
+        proc.kill()
+        proc.wait()
+        cg.remove()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not all(cgroups.available().values()),
+                    reason="needs cgroup v1 controllers as root")
+@pytest.mark.skipif(swap_kib() > 0, reason="with swap the kernel lowers the limit by swapping instead of refusing")
+def test_a_limit_the_kernel_refuses_raises_and_is_not_remembered() -> None:
+    cg = cgroups.SlotCgroup(cgroups.new_instance(), 0)
+    cg.create(512, 8)
+    mem = cg.dirs["memory"]
+    # Joins its group before allocating (cgroup v1 leaves earlier charges where they were).
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nx = b'x' * (100 << 20)\nprint(1, flush=True)\n"
+                             "time.sleep(60)"], stdout=subprocess.PIPE,
+                            preexec_fn=lambda: (mem / "cgroup.procs").write_text("0"))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"1\n"
+        with pytest.raises(cgroups.LimitNotApplied) as e:
+            cg.set_memory(48)  # below the 100 MiB the group holds, nothing reclaimable (no swap)
+        assert e.value.usage_mb > 90
+        assert cg.memory_mb is None  # not cached: the next call writes (and checks) again
+        assert int((mem / "memory.limit_in_bytes").read_text()) == 512 << 20  # the old limit stands
+        cg.set_memory(512)
+        assert cg.memory_mb == 512
+        cg.sweep()
+        proc.wait(5)
+        cg.set_memory(48)  # the group is empty now: the kernel takes it
+        assert int((mem / "memory.limit_in_bytes").read_text()) == 48 << 20 and cg.memory_mb == 48
     finally:
         proc.kill()
         proc.wait()

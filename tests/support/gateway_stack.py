@@ -97,22 +97,25 @@ class Stack:
         return socket_url(self.tmp / "sandbox")
 
     def serve(self, engine: Any, **overrides: Any) -> RunningApp:
+        """A gateway on ``engine`` (None: the one MATHAGENT_MODEL names, loaded as in production,
+        with the configured base model as a version), served with the production uvicorn config."""
         import uvicorn
 
         from api.app import build_state, create_app
+        from api.server import uvicorn_config
         from api.settings import GatewaySettings
 
         token = secrets.token_hex(24)
         port = free_port()
-        settings = GatewaySettings(
-            dev=False, admin_token=token, redis_url=self.redis_url, sandbox_url=self.sandbox_url,
-            state_dir=self.tmp / f"state-{port}", host="127.0.0.1", port=port, **overrides,
-        )
+        settings = GatewaySettings(**{
+            "dev": False, "admin_token": token, "redis_url": self.redis_url, "sandbox_url": self.sandbox_url,
+            "state_dir": self.tmp / f"state-{port}", "host": "127.0.0.1", "port": port, **overrides,
+        })
 
         async def start() -> RunningApp:
             state = await build_state(settings, engine=engine)
             app = create_app(settings, state=state)
-            config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            config = uvicorn_config(app, settings, log_level="warning", lifespan="on")
             server = uvicorn.Server(config)
             task = asyncio.create_task(server.serve())
             while not server.started:

@@ -42,7 +42,7 @@ def test_pairs_from_file_and_clear_errors(tmp_path, make_traj):
     assert r.exit_code == 2 and "mathagent: srpo: alpha is a convex weight" in r.output  # the model's own check
 
 
-def test_pairs_from_redis_joins_feedback(tmp_path, make_traj, monkeypatch):
+def test_pairs_from_redis_joins_trusted_feedback_only(tmp_path, make_traj, monkeypatch):
     redis = pytest.importorskip("redis")
     from agent.trajlog import Feedback as FeedbackRecord
     from agent.trajlog import TrajectoryLog
@@ -56,7 +56,9 @@ def test_pairs_from_redis_joins_feedback(tmp_path, make_traj, monkeypatch):
         log = TrajectoryLog(url, tmp_path / "spool", prefix=prefix)
         for t in trajs:
             await log.append(t)
-        await log.add_feedback(FeedbackRecord(trajectory_id=trajs[0].id, rating="up"))
+        await log.add_feedback(FeedbackRecord(trajectory_id=trajs[0].id, rating="up", trusted=True))
+        # anyone else's rating (no feedback token) is a vote: it makes no pair
+        await log.add_feedback(FeedbackRecord(trajectory_id=trajs[1].id, rating="up", caller="addr:x"))
         await log.aclose()
 
     try:

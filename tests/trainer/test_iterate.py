@@ -52,8 +52,15 @@ async def _log_user_traffic(prefix: str, spool: Path) -> None:
         for t in (up, corrected, plain):
             await log.append(t)
         await log.append(Trajectory(problem="Rollout only 1+1?", gold="2", source=Source.rollout))
-        await log.add_feedback(FeedbackRecord(trajectory_id=up.id, rating="up"))
-        await log.add_feedback(FeedbackRecord(trajectory_id=corrected.id, rating="down", corrected_answer="4"))
+        # trusted feedback (the solving caller's token, or an admin) labels; anyone else's only votes
+        await log.add_feedback(FeedbackRecord(trajectory_id=up.id, rating="up", caller="owner", trusted=True))
+        await log.add_feedback(FeedbackRecord(trajectory_id=corrected.id, rating="down", corrected_answer="4",
+                                              caller="owner", trusted=True))
+        for i in range(3):  # a stranger's flood on the corrected one, and on the unlabelled one
+            await log.add_feedback(FeedbackRecord(trajectory_id=corrected.id, rating="down", corrected_answer="5",
+                                                  caller="addr:stranger"))
+            await log.add_feedback(FeedbackRecord(trajectory_id=plain.id, rating="up", corrected_answer=f"1{i}",
+                                                  caller=f"addr:stranger-{i % 2}"))
     finally:
         await log.aclose()
 
@@ -62,6 +69,7 @@ async def _log_user_traffic(prefix: str, spool: Path) -> None:
 def test_rejected_candidate_is_recorded_and_never_active(tmp_path, tiny_model, prefix, monkeypatch):
     from support.sandbox_service import running_sandbox
 
+    from agent.modelstore import resolve
     from trainer.registry import Registry
 
     asyncio.run(_log_user_traffic(prefix, tmp_path / "spool"))
@@ -69,13 +77,13 @@ def test_rejected_candidate_is_recorded_and_never_active(tmp_path, tiny_model, p
         "MATHAGENT_STATE_DIR": str(tmp_path / "state"), "MATHAGENT_MODEL": str(tiny_model),
         "MATHAGENT_REDIS_URL": REDIS_URL, "MATHAGENT_REDIS_PREFIX": prefix, "MATHAGENT_DEV": "1",
         "MATHAGENT_MAX_NEW_TOKENS": "12", "MATHAGENT_MAX_TURNS": "1", "MATHAGENT_PAIRS_K": "2",
-        "MATHAGENT_BATCH_SIZE": "2", "MATHAGENT_LR": "1e-4",
+        "MATHAGENT_BATCH_SIZE": "2", "MATHAGENT_LR": "1e-4", "MATHAGENT_GATE_MIN_PROBLEMS": "1",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     run_dir = tmp_path / "run"
     args = ["iterate", "--dataset", "synthetic", "--train-limit", "2", "--eval-limit", "3", "--samples", "2",
-            "--run-dir", str(run_dir), "--tolerance", "-0.5", "--max-steps", "2"]
+            "--run-dir", str(run_dir), "--tolerance", "0.5", "--max-steps", "2"]
 
     async def main() -> object:
         async with running_sandbox(tmp_path / "sbx"):
@@ -87,20 +95,25 @@ def test_rejected_candidate_is_recorded_and_never_active(tmp_path, tiny_model, p
     state = json.loads((run_dir / "state.json").read_text())
     assert state["outcome"]["status"] == "rejected"
     gate = state["outcome"]["iterations"][0]["gate"]
-    # the tiny random model solves nothing: 0.0 >= 0.0 + 0.5 fails
+    # the tiny random model solves nothing: a tie at 0% is evidence of nothing, whatever the margin
     assert gate["accuracy_current"] == 0.0 and gate["accuracy_candidate"] == 0.0 and gate["promoted"] is False
-    assert gate["tolerance"] == -0.5 and gate["n"] == 3
+    assert gate["tolerance"] == 0.5 and gate["n"] == 3 and (gate["wins"], gate["losses"]) == (0, 0)
+    assert "solve none" in gate["reason"] and gate["forced"] is False
     steps = state["iterations"][0]["steps"]
     assert "publish" not in steps and "deploy" not in steps and steps["train"]["outputs"]["steps"] == 2
     reg = Registry(tmp_path / "state" / "registry")
-    assert [m.version for m in reg.manifests()] == ["v0001"] and reg.pointer().active is None
+    base = resolve(str(tiny_model), tmp_path / "state").version  # the import is named as a gateway serves it
+    assert [m.version for m in reg.manifests()] == [base] and reg.pointer().active is None
     assert "rejected" in result.output  # type: ignore[attr-defined]
 
-    # prompts: 2 from the data set + the labelled and unlabelled user traffic, never rollouts
+    # prompts: 2 from the data set + the labelled and unlabelled user traffic, never rollouts; only
+    # trusted feedback labels: the stranger's answers are votes, one per caller (its latest)
     prompts = [json.loads(line) for line in (run_dir / "iter-01" / "prompts.jsonl").read_text().splitlines()]
     logged = {p["problem"]: p["gold"] for p in prompts if p["origin"] == "log"}
     assert logged == {"What is 6 times 7?": "42", "What is 10 minus 3?": "7", "What is 2 plus 2?": "4",
                       "What is 9 plus 9?": None}
+    votes = {p["problem"]: p["votes"] for p in prompts if p["origin"] == "log"}
+    assert votes["What is 2 plus 2?"] == {"5": 1} and votes["What is 9 plus 9?"] == {"12": 1, "11": 1}
     assert sum(p["origin"] == "dataset" for p in prompts) == 2
 
     # the same command again: the finished run is not redone; another recipe is refused clearly
@@ -108,6 +121,47 @@ def test_rejected_candidate_is_recorded_and_never_active(tmp_path, tiny_model, p
     assert again.exit_code == 0 and "rejected" in again.output
     other = CliRunner().invoke(app, [*args[:-1], "3"])
     assert other.exit_code == 2 and "different recipe (differs in: max_steps)" in other.output
+
+
+async def test_eval_progress_counts_problems_and_both_accuracies_update_as_they_go(tmp_path, tiny_model, prefix):
+    """The job record during the gate: done/total count held-out problems of both versions, and
+    each version's accuracy so far is there while it is evaluated (not only at the end)."""
+    import shutil
+
+    from support.sandbox_service import running_sandbox
+
+    from agent.datasets import synthetic_problems
+    from trainer.iterate import Driver
+    from trainer.progress import Phase, Progress
+
+    seen: list[Progress] = []
+
+    async def record(p: Progress) -> None:
+        seen.append(p)
+
+    async with running_sandbox(tmp_path / "sbx"):
+        settings = TrainerSettings(state_dir=tmp_path / "state", model=str(tiny_model), redis_url=REDIS_URL,
+                                   redis_prefix=prefix, dev=True, max_new_tokens=8, max_turns=1,
+                                   sandbox_url=f"unix://{tmp_path / 'sbx' / 'sandbox.sock'}", gate_min_problems=1)
+        recipe = resolve_recipe(settings, RetrainRequest(dataset="synthetic", train_limit=1, eval_limit=3))
+        driver = Driver(settings, recipe, tmp_path / "run", run_id="progress", progress=record)
+        d = driver.rd.iter_dir(1)
+        (d / "heldout.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in synthetic_problems(3, seed=5)))
+        shutil.copytree(tiny_model, d / "train")  # the "candidate": the same weights
+        try:
+            out = await driver.step_eval(1, {"version": "base", "path": str(tiny_model)})
+        finally:
+            await driver.resources.aclose()
+    evals = [p for p in seen if p.phase is Phase.eval]
+    assert {p.total for p in evals} == {6}
+    dones = [p.done for p in evals]
+    assert dones == sorted(dones) and set(range(7)) <= set(dones)  # one step per problem, 0..6
+    for p in evals:
+        if 1 <= p.done <= 3:  # the current version's problems
+            assert p.accuracy_current is not None and p.accuracy_candidate is None, p
+        if 4 <= p.done <= 5:  # the candidate's, the current's accuracy kept
+            assert p.accuracy_current is not None and p.accuracy_candidate is not None, p
+    assert evals[-1].done == 6 and evals[-1].message == out["gate"]["reason"]
 
 
 def test_torn_rollout_line_is_cut_and_the_rest_kept(tmp_path):
@@ -160,7 +214,8 @@ async def test_schedule_enqueues_after_m_labels_once(prefix, monkeypatch):
         await log.append(Trajectory(problem="a", gold="1"))
         await log.append(Trajectory(problem="b"))  # unlabelled
         await log.append(Trajectory(problem="c", gold="2", source=Source.rollout))  # not user traffic
-        await log.add_feedback(FeedbackRecord(trajectory_id="x", rating="up"))
+        await log.add_feedback(FeedbackRecord(trajectory_id="x", rating="up", trusted=True))
+        await log.add_feedback(FeedbackRecord(trajectory_id="y", rating="up"))  # a vote: not a label
         second = await check_schedule(pool, settings)
         assert second.new_labels == 2 and second.labels_total == 2 and second.enqueued is None
         await log.append(Trajectory(problem="d", gold="3", mode=Mode.cot))

@@ -165,12 +165,24 @@ def _registry(env) -> Registry:
     return Registry(Path(env["MATHAGENT_STATE_DIR"]) / "registry")
 
 
+def _base(env) -> str:
+    """The version of the configured model: its content id (what the trainer imports it as)."""
+    from agent.modelstore import resolve
+
+    return resolve(env["MATHAGENT_MODEL"], Path(env["MATHAGENT_STATE_DIR"])).version
+
+
+# the tiny random model solves nothing, and the gate refuses a tie at 0%: these jobs test the
+# pipeline after the gate, so they say force_promote (the refusal is still recorded)
+FORCED = RetrainRequest(iterations=1, force_promote=True)
+
+
 @pytest.mark.slow
 async def test_one_iteration_end_to_end_with_progress_and_one_job_per_key(env, worker, tmp_path):
     pool = await connect(env["MATHAGENT_REDIS_URL"])
     try:
-        first = await enqueue_retrain(pool, RetrainRequest(iterations=1), "nightly-1", prefix=PREFIX)
-        again = await enqueue_retrain(pool, RetrainRequest(iterations=1), "nightly-1", prefix=PREFIX)
+        first = await enqueue_retrain(pool, FORCED, "nightly-1", prefix=PREFIX)
+        again = await enqueue_retrain(pool, FORCED, "nightly-1", prefix=PREFIX)
         assert first.created and not again.created and again.job.id == first.job.id
         assert [j.job_id for j in await pool.queued_jobs()] == [first.job.id]
 
@@ -183,19 +195,24 @@ async def test_one_iteration_end_to_end_with_progress_and_one_job_per_key(env, w
         train_steps = [r.progress.step for r in seen if r.progress.phase.value == "train" and r.progress.step]
         assert train_steps and max(train_steps) >= 1
         assert done.progress.accuracy_current is not None and done.progress.accuracy_candidate is not None
+        evals = [r.progress for r in seen if r.progress.phase.value == "eval" and r.state == "running"]
+        assert {p.total for p in evals} == {6}  # 3 held-out problems x 2 versions
+        assert any(0 < p.done < 6 and p.accuracy_current is not None for p in evals)
         assert done.versions == ["v0002"] and done.attempts == 1
+        gate = done.outcome["iterations"][0]["gate"] if done.outcome else {}
+        assert gate["forced"] is True and gate["n"] == 3 and "refused" in gate["reason"]
 
         reg = _registry(env)
-        assert reg.pointer().active == "v0002" and reg.pointer().previous == "v0001"
+        assert reg.pointer().active == "v0002" and reg.pointer().previous == _base(env)
         m = reg.verify("v0002")
-        assert m.parent == "v0001" and m.training_config["run_id"] == first.job.id
-        assert m.eval_results["accuracy_candidate"] == done.progress.accuracy_candidate
+        assert m.parent == _base(env) and m.training_config["run_id"] == first.job.id
+        assert m.eval_results["accuracy_candidate"] == done.progress.accuracy_candidate and m.eval_results["forced"]
         assert len(m.golden) == 3 and all(g.expected is not None and g.max_new_tokens for g in m.golden)
         assert "model.safetensors" in m.files and "curves.jsonl" not in m.files
-        assert reg.manifest("v0001").training_config["imported_from"] == env["MATHAGENT_MODEL"]
+        assert reg.manifest(_base(env)).training_config["imported_from"] == env["MATHAGENT_MODEL"]
 
         # the same key after the job finished: still that one job, nothing queued again
-        later = await enqueue_retrain(pool, RetrainRequest(iterations=1), "nightly-1", prefix=PREFIX)
+        later = await enqueue_retrain(pool, FORCED, "nightly-1", prefix=PREFIX)
         assert not later.created and later.job.state == "succeeded"
         assert await pool.queued_jobs() == []
         assert [j.id for j in await list_jobs(pool, prefix=PREFIX)] == [first.job.id]
@@ -219,7 +236,8 @@ async def test_killed_worker_resumes_training_and_publish_without_half_versions(
     worker.env = env
     pool = await connect(env["MATHAGENT_REDIS_URL"])
     try:
-        job = (await enqueue_retrain(pool, RetrainRequest(iterations=1), "kill-test", prefix=PREFIX)).job
+        job = (await enqueue_retrain(pool, FORCED, "kill-test", prefix=PREFIX)).job
+        base = _base(env)
         run = Path(env["MATHAGENT_STATE_DIR"]) / "runs" / job.id
         reg = _registry(env)
 
@@ -233,26 +251,26 @@ async def test_killed_worker_resumes_training_and_publish_without_half_versions(
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _group_alive(pgid), "the training subprocess outlived its worker"
-        assert reg.pointer().active is None and [m.version for m in reg.manifests()] == ["v0001"]
+        assert reg.pointer().active is None and [m.version for m in reg.manifests()] == [base]
 
         # 2. restarted: training resumes from its saved state; killed again with a version staged
         worker.start(MATHAGENT_TRAINER_CRASH_AT="publish:staged")
         assert worker.wait_exit(240) == -signal.SIGKILL
         assert any(reg.staging.iterdir()), "the crash point is inside the registry's publish"
-        assert [m.version for m in reg.manifests()] == ["v0001"] and reg.pointer().active is None
+        assert [m.version for m in reg.manifests()] == [base] and reg.pointer().active is None
 
         # 3. restarted: staging cleaned, the version published, killed before the run records it
         worker.start(MATHAGENT_TRAINER_CRASH_AT="publish:done")
         assert worker.wait_exit(120) == -signal.SIGKILL
         assert not any(reg.staging.iterdir())
-        assert [m.version for m in reg.manifests()] == ["v0001", "v0002"] and reg.pointer().active is None
+        assert [m.version for m in reg.manifests()] == [base, "v0002"] and reg.pointer().active is None
 
         # 4. restarted: adopts v0002 (no v0003), deploys it
         worker.start()
         done, _ = await _wait(pool, job.id, lambda r: r.state in FINAL_STATES, 120, worker, worker.log)
         assert done.state == "succeeded", done.error
         assert done.attempts == 4 and done.versions == ["v0002"]
-        assert [m.version for m in reg.manifests()] == ["v0001", "v0002"]
+        assert [m.version for m in reg.manifests()] == [base, "v0002"]
         reg.verify("v0002")
         assert reg.pointer().active == "v0002" and not any(reg.staging.iterdir())
         import json
