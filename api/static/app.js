@@ -271,7 +271,7 @@
     const ver = el("span", "", "answered by ");
     ver.append(el("code", "answered-version", result.model_version));
     foot.append(ver, el("span", "", `${(result.elapsed_ms / 1000).toFixed(1)} s`));
-    foot.append(thumbs(result.trajectory_id));
+    foot.append(thumbs(result.trajectory_id, result.feedback_token));
     t.footer.append(foot);
   }
 
@@ -292,7 +292,8 @@
     return svg;
   }
 
-  function thumbs(trajectoryId) {
+  // The solve's feedback token (only its caller gets it) makes the rating a training label, not a vote.
+  function thumbs(trajectoryId, feedbackToken) {
     const wrap = el("div", "thumbs");
     const note = el("span", "thanks");
     const up = el("button", "thumb");
@@ -309,7 +310,8 @@
       up.disabled = down.disabled = true;
       try {
         const r = await fetch(`/v1/trajectories/${encodeURIComponent(trajectoryId)}/feedback`, {
-          method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ rating }),
+          method: "POST", headers: { "content-type": "application/json" },
+          body: JSON.stringify(feedbackToken ? { rating, feedback_token: feedbackToken } : { rating }),
         });
         if (!r.ok) throw new Error((await r.json()).error?.message || r.statusText);
         btn.classList.add("chosen");
@@ -446,7 +448,7 @@
   function remember(problem, result) {
     const items = loadHistory().filter((h) => h.trajectory_id !== result.trajectory_id);
     items.unshift({ problem, answer: result.answer, correct: result.correct, trajectory_id: result.trajectory_id,
-                    model_version: result.model_version, at: Date.now() });
+                    feedback_token: result.feedback_token, model_version: result.model_version, at: Date.now() });
     localStorage.setItem(HISTORY_KEY, JSON.stringify(items.slice(0, 100)));
     drawHistory();
   }
@@ -484,7 +486,7 @@
       }
       e.finish();
       renderResult(t, { answer: tr.answer, correct: tr.correct, gold: tr.gold, model_version: tr.model_version,
-                        trajectory_id: tr.id, elapsed_ms: tr.timings.total_ms });
+                        trajectory_id: tr.id, feedback_token: h.feedback_token, elapsed_ms: tr.timings.total_ms });
     } catch (err) {
       showError(t, `could not load this problem: ${err.message}`);
     }

@@ -73,6 +73,7 @@ def test_chat_page_streams_a_code_cell_and_stores_feedback(smol_app: RunningApp,
 
     stored = [json.loads(x) for x in redis_client.hvals(f"mathagent:feedback:by-caller:{tid}")]  # latest per caller
     assert [f["rating"] for f in stored] == ["up"]
+    assert stored[0]["trusted"] is True  # the page sent the solve's feedback token: a training label, not a vote
     traj = json.loads(redis_client.xrange("mathagent:trajectories", redis_client.hget("mathagent:trajectories:index", tid),
                                           redis_client.hget("mathagent:trajectories:index", tid))[0][1]["data"])
     assert traj["problem"] == PROBLEM and traj["calls"], "the trajectory behind the thumbs holds the code cell"
