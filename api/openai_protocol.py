@@ -138,6 +138,8 @@ class ChatCompletion(BaseModel):
     answer: str | None = Field(None, description="the final answer (the majority vote of the choices when n > 1)")
     correct: bool | None = None
     vote_shares: dict[str, float] | None = Field(None, description="answer shares over the choices (n > 1)")
+    feedback_token: str | None = Field(None, description="send it with feedback on `trajectory_id`: the rating "
+                                       "becomes a training label (README, who may call)")
 
 
 class ChunkDelta(BaseModel):

@@ -185,6 +185,7 @@ def _completion(state: State, result: SolveResult, model: str) -> ChatCompletion
         id=f"chatcmpl-{main.id}", created=int(time.time()), model=model, choices=choices, usage=_usage(finals),
         system_fingerprint=result.model_version, trajectory_id=main.id, model_version=result.model_version,
         answer=result.answer, correct=result.correct, vote_shares=result.vote_shares,
+        feedback_token=state.feedback_tokens.mint(main.id) if state.feedback_tokens is not None else None,
     )
 
 

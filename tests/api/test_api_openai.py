@@ -45,6 +45,7 @@ def test_non_streamed_chat_completion(client: openai.OpenAI, caplog: pytest.LogC
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
     tid = completion.model_extra["trajectory_id"]
     assert completion.id == f"chatcmpl-{tid}" and raw.headers["x-trajectory-id"] == tid
+    assert completion.model_extra["feedback_token"]  # the solver's proof for trusted feedback (issue 19)
     assert any("frobnicate" in r.getMessage() for r in caplog.records)
 
 
