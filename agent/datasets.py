@@ -10,10 +10,14 @@ question as "(A) ..." lines.
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
@@ -108,17 +112,38 @@ def load_file(name: str, path: Path, *, limit: int | None = None) -> list[Proble
     return out
 
 
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now ("offline by HF_HUB_OFFLINE", "unreachable"),
+    or None: one TCP connect, so an offline machine learns it in seconds, not after retries."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"offline ({var} is set)"
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"unreachable ({host}:{port}: {type(exc).__name__})"
+    return None
+
+
 def _load_hub(name: str, split: str, limit: int | None) -> list[Problem]:
     hub_id, config = _HUB[name]
+    offline = hub_unreachable()
+    if offline:  # the hub library would retry for half a minute; read only its local cache instead
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ[var] = "1"
+        for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+            if module in sys.modules:
+                setattr(sys.modules[module], attr, True)
     try:
         import datasets as hf
 
         ds = hf.load_dataset(hub_id, config, split=split)
     except Exception as exc:  # offline machines fail in many ways; one clear line is what matters
-        raise DatasetError(
-            f"{name}: no local copy (pass --data-dir with {_FILES[name][0]}/ inside) and the Hugging Face hub "
-            f"failed ({type(exc).__name__}); no network?"
-        ) from exc
+        why = f"the Hugging Face hub is {offline} and there is no cached copy" if offline else (
+            f"the Hugging Face hub failed ({type(exc).__name__}); no network?")
+        raise DatasetError(f"{name}: no local copy (pass --data-dir with {_FILES[name][0]}/ inside) and {why}") from exc
     rows = ds if limit is None else ds.select(range(min(limit, len(ds))))
     if name == "arc":
         return [_from_row(name, dict(r), i) for i, r in enumerate(rows)]

@@ -24,6 +24,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from agent import prompts
+from agent.conversation import Conversation
 from agent.engines.base import Completion, Engine, FinishReason, GenerationRequest
 from agent.events import (
     AnswerEvent,
@@ -95,6 +96,8 @@ class EpisodeConfig(BaseModel):
     observation_max_chars: ObservationMaxChars = OBSERVATION_MAX_CHARS
     source: Source = Source.api
     stream_text: bool = Field(False, description="stream model text token by token (engine.stream)")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="model tokens of the whole reply, every turn (a chat request's max_tokens)")
 
 
 _FENCE_RE = re.compile(r"^[ \t]*```", re.MULTILINE)
@@ -161,10 +164,13 @@ async def run_episode(
     parent_id: str | None = None,
     sample: int = 0,
     revision: int = 0,
+    conversation: Conversation | None = None,
 ) -> AsyncIterator[EpisodeEvent]:
     """Run one episode, yielding events; the last event is :class:`EpisodeDone`.
 
-    ``user_text`` overrides the user message (the self-revision prompt). Closing the iterator
+    ``user_text`` overrides the user message (the self-revision prompt). ``conversation`` (a
+    chat's system prompt and earlier turns, already fitted to the budget) goes into the prompt
+    before the user message; the trajectory's prompt segment holds exactly those tokens. Closing the iterator
     early stops generation (the engine stream is closed or the pending request cancelled) and
     closes the sandbox session.
     """
@@ -183,17 +189,25 @@ async def run_episode(
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens,
             max_total_tokens=cfg.max_total_tokens,
+            max_completion_tokens=cfg.max_completion_tokens,
             seed=cfg.seed,
         ),
+        context_messages=conversation.context_messages if conversation is not None else 0,
     )
     tags = {"trajectory_id": traj.id, "sample": sample, "revision": revision}
     user = user_text if user_text is not None else prompts.user_message(problem, cfg.mode, max_turns=cfg.max_turns)
-    prompt_ids = engine.chat_prefix(prompts.messages(user))
+    if conversation is None:
+        prompt_ids = engine.chat_prefix(prompts.messages(user))
+    else:
+        prompt_ids = engine.chat_prefix(
+            prompts.messages(user, system=conversation.system, history=conversation.history()))
     traj.segments.append(Segment(kind=SegmentKind.prompt, text=engine.decode(prompt_ids), token_ids=list(prompt_ids)))
     ids: list[int] = list(prompt_ids)
     stop = prompts.stop_strings(cfg.mode)
     session_id: str | None = None
     generate_s = sandbox_s = 0.0
+    generated = 0  # model tokens so far (the reply's length, bounded by max_completion_tokens)
+    reply_cap = cfg.max_completion_tokens
     finish: EpisodeEnd | None = None
     yield EpisodeStart(model_version=version, parent_id=parent_id, **tags)
 
@@ -205,6 +219,8 @@ async def run_episode(
             last: Completion | None = None
             for _ in range(MAX_CONTINUATIONS + 1):
                 budget = min(cfg.max_new_tokens - len(turn_ids), cfg.max_total_tokens - len(ids) - len(turn_ids))
+                if reply_cap is not None:
+                    budget = min(budget, reply_cap - generated - len(turn_ids))
                 if budget <= 0:
                     break
                 request = GenerationRequest(
@@ -242,6 +258,7 @@ async def run_episode(
                     Segment(kind=SegmentKind.model, text=engine.decode(turn_ids), token_ids=turn_ids)
                 )
                 ids.extend(turn_ids)
+                generated += len(turn_ids)
             turn_text = engine.decode(turn_ids)
 
             if last is None:  # no budget left for even one token
@@ -262,6 +279,9 @@ async def run_episode(
                 break
             if len(traj.calls) >= cfg.max_turns:
                 finish = EpisodeEnd.turn_limit
+                break
+            if reply_cap is not None and generated >= reply_cap:  # no tokens left to read the output
+                finish = EpisodeEnd.token_budget
                 break
 
             # ---- run the block in this episode's session and inject the output

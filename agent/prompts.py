@@ -9,6 +9,8 @@ loses a worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agent.trajectory import Mode
 
 SYSTEM_PROMPT = "You are a careful math assistant. You solve problems step by step."
@@ -78,8 +80,21 @@ def revision_message(problem: str, mode: Mode | str, attempt: str, *, max_turns:
     return REVISION_PROMPT.format(task=user_message(problem, mode, max_turns=max_turns), attempt=attempt)
 
 
-def messages(user: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+def system_prompt(client_system: str | None = None) -> str:
+    """Our system prompt, with a client's own system prompt (a chat request's) after it."""
+    if client_system and client_system.strip():
+        return f"{SYSTEM_PROMPT}\n\n{client_system.strip()}"
+    return SYSTEM_PROMPT
+
+
+def messages(user: str, *, system: str | None = None,
+             history: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """The chat messages of an episode's prompt: the system prompt (a client's appended), the
+    earlier turns of a conversation as ``(role, content)`` (oldest first), then ``user``."""
+    out = [{"role": "system", "content": system_prompt(system)}]
+    out.extend({"role": role, "content": content} for role, content in history)
+    out.append({"role": "user", "content": user})
+    return out
 
 
 def stop_strings(mode: Mode | str) -> list[str]:

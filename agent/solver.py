@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent import prompts
+from agent.conversation import Conversation, fit, prompt_limit
 from agent.engines.base import Engine
 from agent.events import EpisodeDone, EpisodeEvent, SolveDone, SolveResult
 from agent.grading import is_equiv_async, majority_vote
@@ -81,7 +82,7 @@ class Solver:
 
     def _config(
         self, mode: Mode, max_turns: int | None, temperature: float, seed: int | None, version: str,
-        source: Source, stream_text: bool,
+        source: Source, stream_text: bool, top_p: float | None = None, max_completion_tokens: int | None = None,
     ) -> EpisodeConfig:
         s = self.settings
         return EpisodeConfig(
@@ -90,7 +91,7 @@ class Solver:
             max_new_tokens=s.max_new_tokens,
             max_total_tokens=s.max_total_tokens,
             temperature=temperature,
-            top_p=s.top_p,
+            top_p=s.top_p if top_p is None else top_p,
             seed=seed,
             version=version,
             sandbox_timeout_s=s.sandbox_timeout_s,
@@ -98,7 +99,18 @@ class Solver:
             observation_max_chars=s.observation_max_chars,
             source=source,
             stream_text=stream_text,
+            max_completion_tokens=max_completion_tokens,
         )
+
+    def fit_conversation(self, conversation: Conversation, problem: str, mode: Mode, max_turns: int) -> Conversation:
+        """The conversation with its oldest turns dropped until the prompt leaves the episode room
+        (:mod:`agent.conversation`); raises ``ContextTooLong`` when the problem alone does not fit."""
+        user = prompts.user_message(problem, mode, max_turns=max_turns)
+
+        def prompt_len(c: Conversation) -> int:
+            return len(self.engine.chat_prefix(prompts.messages(user, system=c.system, history=c.history())))
+
+        return fit(conversation, prompt_len, prompt_limit(self.settings.max_new_tokens, self.settings.max_total_tokens))
 
     async def _record(self, traj: Trajectory) -> None:
         if self.log is None:
@@ -110,7 +122,7 @@ class Solver:
 
     async def _chain(
         self, queue: asyncio.Queue[EpisodeEvent], problem: str, gold: str | None, cfg: EpisodeConfig,
-        revisions: int, sample: int, problem_id: str | None,
+        revisions: int, sample: int, problem_id: str | None, conversation: Conversation | None = None,
     ) -> list[Trajectory]:
         """One sample and its revisions; events go to ``queue``, trajectories are logged as they finish."""
         chain: list[Trajectory] = []
@@ -122,7 +134,7 @@ class Solver:
             rcfg = cfg if cfg.seed is None else cfg.model_copy(update={"seed": cfg.seed + 7919 * rev})
             async for event in run_episode(
                 self.engine, self.sandbox, problem, rcfg, gold=gold, user_text=user_text, problem_id=problem_id,
-                parent_id=parent.id if parent else None, sample=sample, revision=rev,
+                parent_id=parent.id if parent else None, sample=sample, revision=rev, conversation=conversation,
             ):
                 if isinstance(event, EpisodeDone):
                     await self._record(event.trajectory)
@@ -162,12 +174,21 @@ class Solver:
         seed: int | None = None,
         problem_id: str | None = None,
         stream_text: bool = True,
+        conversation: Conversation | None = None,
+        top_p: float | None = None,
+        max_completion_tokens: int | None = None,
     ) -> AsyncGenerator[EpisodeEvent | SolveDone, None]:
         """Yield episode events as they happen, then one :class:`SolveDone`.
 
-        Arguments are validated before the first event (a :class:`SolveError` on bad input).
+        Arguments are validated before the first event (a :class:`SolveError` on bad input, a
+        ``ContextTooLong`` when ``conversation`` and the problem leave the episode no room).
+        ``conversation``: a chat's system prompt and earlier turns (every episode sees them).
+        ``max_completion_tokens``: each episode's reply, all turns, at most this many model tokens.
         """
         m = self._validate(problem, mode, samples, revisions, max_turns)
+        if conversation is not None:
+            turns = self.settings.max_turns if max_turns is None else max_turns
+            conversation = self.fit_conversation(conversation, problem, m, turns)
         t0 = time.perf_counter()
         version = self.engine.model_version  # pinned at admission for every episode of this solve
         temp = temperature if temperature is not None else (self.settings.sample_temperature if samples > 1 else 0.0)
@@ -176,8 +197,9 @@ class Solver:
             asyncio.create_task(
                 self._chain(
                     queue, problem, gold,
-                    self._config(m, max_turns, temp, None if seed is None else seed + i, version, Source(source), stream_text),
-                    revisions, i, problem_id,
+                    self._config(m, max_turns, temp, None if seed is None else seed + i, version, Source(source), stream_text,
+                                 top_p, max_completion_tokens),
+                    revisions, i, problem_id, conversation,
                 )
             )
             for i in range(samples)
@@ -243,11 +265,15 @@ class Solver:
         source: Source | str = Source.api,
         seed: int | None = None,
         problem_id: str | None = None,
+        conversation: Conversation | None = None,
+        top_p: float | None = None,
+        max_completion_tokens: int | None = None,
     ) -> SolveResult:
         """Solve and return the result (episodes generate with ``engine.generate``, batched)."""
         stream = self.stream(
             problem, gold=gold, mode=mode, max_turns=max_turns, samples=samples, temperature=temperature,
             revisions=revisions, source=source, seed=seed, problem_id=problem_id, stream_text=False,
+            conversation=conversation, top_p=top_p, max_completion_tokens=max_completion_tokens,
         )
         async with contextlib.aclosing(stream):
             async for event in stream:

@@ -72,6 +72,7 @@ class SamplingParams(BaseModel):
     top_p: float = 1.0
     max_new_tokens: int = Field(512, description="per model turn")
     max_total_tokens: MaxTotalTokens = MAX_TOTAL_TOKENS
+    max_completion_tokens: int | None = Field(None, description="the reply's model tokens, all turns (a chat max_tokens)")
     seed: int | None = None
 
 
@@ -98,6 +99,8 @@ class Trajectory(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     source: Source = Source.api
     parent_id: str | None = Field(None, description="the trajectory this one revises (SRPO self-revision)")
+    context_messages: int = Field(
+        0, description="messages in the prompt besides ours and the problem (a chat's system prompt, earlier turns)")
     feedback: Feedback | None = Field(None, description="a user's thumbs-up/down (the trainer's feedback pairs)")
     created_at: float = Field(default_factory=time.time)
 
@@ -107,6 +110,12 @@ class Trajectory(BaseModel):
     def model_mask(self) -> list[int]:
         """1 for each token the model produced, 0 for prompt and observation tokens."""
         return [int(s.kind is SegmentKind.model) for s in self.segments for _ in s.token_ids]
+
+    @property
+    def standalone(self) -> bool:
+        """The problem alone reproduces this prompt: no chat context. Only such trajectories are
+        trained on (a follow-up such as "now double it" is no problem by itself)."""
+        return self.context_messages == 0
 
     @property
     def n_tool_calls(self) -> int:

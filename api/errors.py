@@ -9,6 +9,7 @@ could not fix, or where a retry could run a second solve (5xx after generation s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -90,18 +91,27 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
-def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None, str]:
+def describe_validation(
+    errors: list[dict[str, Any]], name: Callable[[str], str] = lambda loc: loc
+) -> tuple[str, str | None, str]:
     """Message, first offending parameter and code of a validation failure (input values left out:
-    they may be huge or hostile)."""
+    they may be huge or hostile). ``name`` spells a location (``messages.0.role``) as a route's
+    clients expect it. A JSON syntax error names no parameter: its location is a character offset."""
     msgs = []
     for err in errors[:5]:
-        where = _loc(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            offset = _loc(err.get("loc", ()))
+            detail = (err.get("ctx") or {}).get("error") or err.get("msg", "invalid JSON")
+            msgs.append(f"the body is not valid JSON ({detail}" + (f", at character {offset})" if offset else ")"))
+            continue
+        where = name(_loc(err.get("loc", ())))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         msgs.append(f"{where}: {msg}" if where else msg)
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     first = errors[0] if errors else {}
-    code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
-    return "; ".join(msgs) + more, _loc(first.get("loc", ())) or None, code
+    if first.get("type") == "json_invalid":
+        return "; ".join(msgs) + more, None, "invalid_json"
+    return "; ".join(msgs) + more, name(_loc(first.get("loc", ()))) or None, "invalid_value"
 
 
 def install(app: FastAPI) -> None:

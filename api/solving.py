@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from agent.conversation import ContextTooLong, Conversation
 from agent.events import (
     AnswerEvent,
     CodeCell,
@@ -62,6 +64,9 @@ class SolveArgs:
         temperature: float | None = None,
         revisions: int = 0,
         seed: int | None = None,
+        conversation: Conversation | None = None,
+        top_p: float | None = None,
+        max_completion_tokens: int | None = None,
     ) -> None:
         self.problem = problem
         self.gold = gold
@@ -71,6 +76,9 @@ class SolveArgs:
         self.temperature = temperature
         self.revisions = revisions
         self.seed = seed
+        self.conversation = conversation
+        self.top_p = top_p
+        self.max_completion_tokens = max_completion_tokens
 
     def check(self, state: AppState, *, problem_param: str = "problem") -> None:
         s = state.settings
@@ -94,6 +102,7 @@ class SolveArgs:
         return {
             "gold": self.gold, "mode": self.mode, "max_turns": self.max_turns, "samples": self.samples,
             "temperature": self.temperature, "revisions": self.revisions, "seed": self.seed, "source": "api",
+            "conversation": self.conversation, "top_p": self.top_p, "max_completion_tokens": self.max_completion_tokens,
         }
 
 
@@ -118,10 +127,55 @@ def readable(state: AppState, text: str) -> str:
     return text
 
 
+RETRY_AFTER_S = 5  # what a 503 while a component is down tells the client to wait
+SANDBOX_PROBE_OK_S = 2.0  # a sandbox that answered this recently is not asked again
+
+
 def require_solver(state: AppState) -> Any:
     if state.solver is None:
-        raise ApiError(503, "the model is not loaded yet; retry shortly", code="model_not_ready")
+        raise ApiError(503, "the model is still loading: retry in a few seconds (GET /readyz shows when it is up)",
+                       code="model_not_ready", headers={"retry-after": str(RETRY_AFTER_S)})
     return state.solver
+
+
+async def require_ready(state: AppState, *, sandbox: bool) -> None:
+    """Refuse at once (503 with Retry-After) what cannot be served now: no model loaded, or, for a
+    solve that runs code, a sandbox that does not answer. Otherwise a solve would be admitted and
+    fail minutes later with a sandbox error in every cell."""
+    require_solver(state)
+    if not sandbox:
+        return
+    last_ok = state.extra.get("sandbox_ok_at", 0.0)
+    if time.monotonic() - last_ok < SANDBOX_PROBE_OK_S:
+        return
+    try:
+        if state.sandbox is None:
+            raise RuntimeError("no sandbox client")
+        info = await asyncio.wait_for(state.sandbox.health(), 2.0)
+        status = info.get("status", "ok") if isinstance(info, dict) else "ok"
+        if status != "ok":
+            raise RuntimeError(f"it reports {status!r}")
+    except Exception as exc:
+        why = type(exc).__name__  # the details (socket paths...) are for /readyz and the logs, not every client
+        log.warning("refusing a solve: the sandbox is not answering: %s", exc)
+        raise ApiError(
+            503, f"the sandbox that runs the agent's code is not answering ({why}). Solves are refused until it is "
+            f"back: retry in a few seconds; GET /readyz shows each component. Operators: `mathagent up` starts it.",
+            code="sandbox_unavailable", headers={"retry-after": str(RETRY_AFTER_S)},
+        ) from None
+    state.extra["sandbox_ok_at"] = time.monotonic()
+
+
+def fitted(work: Callable[[], T]) -> T:
+    """Run a conversation fit, turning ``ContextTooLong`` into the OpenAI-style 400."""
+    try:
+        return work()
+    except ContextTooLong as exc:
+        raise _too_long(exc) from None
+
+
+def _too_long(exc: ContextTooLong) -> ApiError:
+    return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
 
 
 @contextlib.asynccontextmanager
@@ -174,6 +228,8 @@ async def solve(state: AppState, request: Request, args: SolveArgs) -> SolveResu
             result: SolveResult = await until_disconnect(request, solver.solve(args.problem, **args.kwargs()), state)
     except SolveError as exc:
         raise ApiError(422, str(exc), code="invalid_solve") from None
+    except ContextTooLong as exc:
+        raise _too_long(exc) from None
     finally:
         state.metrics.in_flight.dec()
     for traj in result.trajectories:
@@ -253,6 +309,8 @@ async def events(state: AppState, args: SolveArgs) -> AsyncGenerator[Any, None]:
                     yield ev.result
     except SolveError as exc:
         raise ApiError(422, str(exc), code="invalid_solve") from None
+    except ContextTooLong as exc:
+        raise _too_long(exc) from None
     finally:
         state.metrics.in_flight.dec()
         if not finished:
@@ -278,7 +336,9 @@ async def respond_once(
     else:
         assert state.idempotency is not None
         payload, replayed = await state.idempotency.run_once(route, client_key(request), idempotency_key, body, work)
-    headers = {"x-model-version": payload["model_version"], "x-trajectory-id": payload["trajectory_id"]}
+    headers = {"x-model-version": payload["model_version"]}
+    if payload.get("trajectory_id"):
+        headers["x-trajectory-id"] = payload["trajectory_id"]
     if replayed:
         headers["idempotent-replayed"] = "true"
     return JSONResponse(payload, headers=headers)

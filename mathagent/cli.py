@@ -8,6 +8,9 @@ defaults and help are written once, in those models.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +20,12 @@ from mathagent.options import argument, command_signature, field_options, option
 from trainer.config import TrainConfig
 from trainer.experiment import ExperimentConfig, preset_help
 from trainer.recipe import RetrainRequest
+
+# transformers 5.x renames the forward keyword `past_key_values` to `cache` and warns on every run;
+# the engine keeps the old name, which every 5.x release accepts (until 5.40), so the warning is noise.
+warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
+if not sys.stderr.isatty():  # a log or CI: no progress bars of the hub libraries ("Loading weights" at every start)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(help="mathagent: a tool-integrated math agent that improves itself.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print side-by-side ratios from one run.", no_args_is_help=True)

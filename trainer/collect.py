@@ -10,7 +10,9 @@ it (:mod:`api.feedback`). Feedback from anyone else is a *vote*: each such calle
 corrected answer is counted in ``IterPrompt.votes`` for the record, and never becomes gold, so
 nobody who merely learns a trajectory id can choose a training label. Within one caller's
 records the latest counts. Only user traffic (``source="api"``) counts: the trainer's own
-rollouts and evaluations never come back as prompts. Duplicated problem texts are kept once.
+rollouts and evaluations never come back as prompts, and neither do chat turns that depend on
+their context (``Trajectory.standalone``: a follow-up is no problem by itself). Duplicated
+problem texts are kept once.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ async def logged_prompts(redis_url: str, spool_dir: Path, prefix: str, *, limit:
             for _, fields in entries:
                 traj = Trajectory.model_validate_json(fields["data"])
                 text = traj.problem.strip()
-                if traj.source is not Source.api or not text or text in exclude:
+                if traj.source is not Source.api or not traj.standalone or not text or text in exclude:
                     continue
                 gold = corrected.get(traj.id) or traj.gold
                 if gold is None and rated.get(traj.id) == "up" and traj.answer:

@@ -5,6 +5,8 @@ problems, trajectories and pairs each filter removed). Common steps:
 
 - trajectories are grouped by problem (``problem_id``, else the problem text);
 - evaluation trajectories (``source="eval"``) are never trained on (held-out leakage);
+- chat turns with context (a client's system prompt, earlier turns) are never trained on: their
+  prompt is not their problem's (``Trajectory.standalone``);
 - trajectories that cannot be trained on (no prompt first, no model token) are dropped;
 - identical responses (same token ids after the prompt) are deduplicated within a problem.
 
@@ -73,6 +75,9 @@ def _group(
         counts["trajectories_in"] += 1
         if traj.source is Source.eval and not include_eval:
             counts["dropped_eval_trajectory"] += 1
+            continue
+        if not traj.standalone:  # a chat turn with context: its prompt is not the problem's (agent/conversation.py)
+            counts["dropped_conversation"] += 1
             continue
         if segments_check(traj) is not None:
             counts["dropped_untrainable"] += 1

@@ -11,11 +11,13 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
 router = APIRouter(tags=["page"])
 
-# The page runs only our own scripts (no inline code, no CDN): a strict policy makes a
-# sanitiser bypass in rendered model output harmless.
+# The page runs only our own scripts and styles (no inline code, no inline style attributes, no
+# CDN; KaTeX's box positions are applied through the CSSOM, see app.js) and submits no form: a
+# strict policy makes a sanitiser bypass in rendered model output harmless.
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
 )
 
 

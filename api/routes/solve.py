@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 
 from agent.events import SolveResult
+from agent.trajectory import Mode
 from api import solving
 from api.deps import RateLimited, State
 from api.errors import ApiError, ErrorBody, ErrorResponse, error_type
@@ -53,6 +54,7 @@ async def solve(
 ) -> Any:
     args = _args(body)
     args.check(state)
+    await solving.require_ready(state, sandbox=args.mode is Mode.tir)  # 503 at once while a component is down
     if body.stream:
         return await _stream(state, args)
 

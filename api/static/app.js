@@ -10,6 +10,11 @@
   const sendBtn = $("#send");
   const stopBtn = $("#stop");
   const historyList = $("#history");
+  const sidebar = $("#sidebar");
+  const backdrop = $("#backdrop");
+  const menuBtn = $("#menu");
+  const goldBox = $("#gold");
+  const emptyState = $("#empty");
   const HISTORY_KEY = "mathagent.history.v1";
   let controller = null;
 
@@ -42,7 +47,8 @@
   function tex(src, display) {
     if (!window.katex) return `<code>${escapeHtml(src)}</code>`;
     try {
-      return window.katex.renderToString(src, { displayMode: display, throwOnError: false, trust: false, strict: "ignore", maxExpand: 200, maxSize: 20 });
+      const html = window.katex.renderToString(src, { displayMode: display, throwOnError: false, trust: false, strict: "ignore", maxExpand: 200, maxSize: 20 });
+      return html.replace(/ style="/g, ' data-style="'); // KaTeX escapes quotes in text: this only meets attributes
     } catch (e) {
       return `<code>${escapeHtml(src)}</code>`;
     }
@@ -50,22 +56,39 @@
   function escapeHtml(s) {
     return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   }
-  function renderMarkdown(text) {
+  // Math is typeset first and stashed behind placeholders, so markdown never sees (or breaks) it.
+  function stashMath(text, inline) {
     const stash = [];
     let src = clean(text);
     for (const [re, display] of MATH) {
       src = src.replace(re, (m, inner) => {
-        stash.push(tex(re.source.startsWith("(\\\\boxed") ? m : inner, display));
+        stash.push(tex(re.source.startsWith("(\\\\boxed") ? m : inner, display && !inline));
         return `\u0091${stash.length - 1}\u0092`;
       });
     }
-    let html = window.marked ? window.marked.parse(src, { gfm: true, breaks: true, async: false }) : escapeHtml(src);
-    html = html.replace(/\u0091(\d+)\u0092/g, (_, i) => stash[Number(i)] ?? "");
-    const safe = window.DOMPurify ? window.DOMPurify.sanitize(html, { USE_PROFILES: { html: true, mathMl: true, svg: true } }) : escapeHtml(src);
-    return safe;
+    return { src, unstash: (html) => html.replace(/\u0091(\d+)\u0092/g, (_, i) => stash[Number(i)] ?? "") };
+  }
+  const PURIFY = { USE_PROFILES: { html: true, mathMl: true, svg: true } };
+  function renderMarkdown(text) {
+    const { src, unstash } = stashMath(text, false);
+    const html = unstash(window.marked ? window.marked.parse(src, { gfm: true, breaks: true, async: false }) : escapeHtml(src));
+    return window.DOMPurify ? window.DOMPurify.sanitize(html, PURIFY) : escapeHtml(src);
+  }
+  // The page's CSP allows no inline style attributes (not even while DOMPurify parses). KaTeX
+  // positions its boxes with them, so tex() renames them to data-style and setHtml applies them
+  // through the CSSOM, which CSP allows; only inside KaTeX's own output.
+  function setHtml(node, html) {
+    node.innerHTML = html;
+    node.querySelectorAll(".katex [data-style]").forEach((n) => { n.style.cssText = n.dataset.style; n.removeAttribute("data-style"); });
   }
   function setMath(node, text) {
-    node.innerHTML = renderMarkdown(text);
+    setHtml(node, renderMarkdown(text));
+  }
+  // One line of text with its math typeset (history entries, example chips): no markdown.
+  function setInlineMath(node, text) {
+    const { src, unstash } = stashMath(text, true);
+    const html = unstash(escapeHtml(src));
+    setHtml(node, window.DOMPurify ? window.DOMPurify.sanitize(html, PURIFY) : escapeHtml(src));
   }
 
   // ---------------------------------------------------------------- parsing the model's text
@@ -128,11 +151,12 @@
       this.observations = [];
       this.collapsed = new Set();
       this.live = true;
+      this.stopped = false;
       this.pending = false;
     }
     addText(t) { this.raw += String(t).replace(SPECIAL, ""); this.schedule(); }
     addObservation(ev) { this.observations.push(ev); this.raw += ev.text || ""; this.schedule(); }
-    finish() { this.live = false; this.render(); }
+    finish(stopped = false) { this.live = false; this.stopped = stopped; this.render(); }
     schedule() {
       if (this.pending) return;
       this.pending = true;
@@ -162,7 +186,8 @@
     }
     cell(p, index) {
       const obs = p.code ? this.observations[index] : undefined;
-      const status = obs ? obs.status : p.output !== null ? "ok" : p.closed ? "running" : "writing";
+      let status = obs ? obs.status : p.output !== null ? "ok" : p.closed ? "running" : "writing";
+      if (this.stopped && (status === "running" || status === "writing")) status = "stopped"; // it will never finish
       const d = el("details", "cell");
       d.dataset.status = status;
       d.open = !this.collapsed.has(index); // open by default; a cell the user collapses stays collapsed
@@ -188,7 +213,7 @@
 
   // ---------------------------------------------------------------- a turn (problem + answer card)
   function addTurn(problem) {
-    $("#empty")?.remove();
+    if (emptyState.isConnected) emptyState.remove();
     const turn = el("article", "turn");
     const user = el("div", "user");
     const bubble = el("div", "bubble");
@@ -231,7 +256,7 @@
       box.append(el("span", "answer-label", "Answer"), el("span", "answer-value", "no final answer"));
     } else {
       const v = el("span", "answer-value");
-      v.innerHTML = renderMarkdown(`$${result.answer}$`);
+      setMath(v, `$${result.answer}$`);
       box.append(el("span", "answer-label", "Answer"), v);
     }
     if (result.correct === true) box.append(el("span", "badge verified verdict", "✓ verified"));
@@ -246,7 +271,7 @@
     const ver = el("span", "", "answered by ");
     ver.append(el("code", "answered-version", result.model_version));
     foot.append(ver, el("span", "", `${(result.elapsed_ms / 1000).toFixed(1)} s`));
-    foot.append(thumbs(result.trajectory_id));
+    foot.append(thumbs(result.trajectory_id, result.feedback_token));
     t.footer.append(foot);
   }
 
@@ -259,7 +284,7 @@
     svg.setAttribute("width", "16");
     svg.setAttribute("height", "16");
     svg.setAttribute("aria-hidden", "true");
-    if (flip) svg.style.transform = "rotate(180deg)";
+    if (flip) svg.classList.add("flip");
     const p = document.createElementNS(ns, "path");
     p.setAttribute("d", path);
     p.setAttribute("fill", "currentColor");
@@ -267,7 +292,8 @@
     return svg;
   }
 
-  function thumbs(trajectoryId) {
+  // The solve's feedback token (only its caller gets it) makes the rating a training label, not a vote.
+  function thumbs(trajectoryId, feedbackToken) {
     const wrap = el("div", "thumbs");
     const note = el("span", "thanks");
     const up = el("button", "thumb");
@@ -284,7 +310,8 @@
       up.disabled = down.disabled = true;
       try {
         const r = await fetch(`/v1/trajectories/${encodeURIComponent(trajectoryId)}/feedback`, {
-          method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ rating }),
+          method: "POST", headers: { "content-type": "application/json" },
+          body: JSON.stringify(feedbackToken ? { rating, feedback_token: feedbackToken } : { rating }),
         });
         if (!r.ok) throw new Error((await r.json()).error?.message || r.statusText);
         btn.classList.add("chosen");
@@ -301,8 +328,37 @@
     return wrap;
   }
 
-  function showError(t, message) {
-    t.footer.append(el("div", "error-box", clean(message)));
+  // An error that says what happened and what to do; `retry` re-sends the same problem.
+  function showError(t, message, { retry, stopped } = {}) {
+    const box = el("div", stopped ? "error-box stopped" : "error-box");
+    box.dataset.testid = stopped ? "stopped" : "error";
+    box.setAttribute("role", "alert");
+    box.append(el("span", "error-text", clean(message)));
+    if (retry) {
+      const b = el("button", "retry", "Try again");
+      b.type = "button";
+      b.dataset.testid = "retry";
+      b.addEventListener("click", () => { if (!controller) { box.remove(); solve(retry.problem, retry.options); } });
+      box.append(b);
+    }
+    t.footer.append(box);
+  }
+  class HttpError extends Error {
+    constructor(message, status, retryAfter) { super(message); this.status = status; this.retryAfter = retryAfter; }
+  }
+  async function httpError(r) {
+    const err = await r.json().catch(() => ({}));
+    const message = err.error?.message || `the server answered HTTP ${r.status}`;
+    return new HttpError(message, r.status, parseInt(r.headers.get("retry-after") || "", 10));
+  }
+  function advice(e) {
+    if (e instanceof HttpError && e.status === 503) {
+      const wait = Number.isFinite(e.retryAfter) ? `${e.retryAfter} s` : "a few seconds";
+      return `${e.message}\nWait ${wait}, then press “Try again”.`;
+    }
+    if (e instanceof HttpError && e.status === 429) return `${e.message}\nToo many requests: wait a minute, then try again.`;
+    if (e instanceof TypeError) return "The gateway cannot be reached (is `mathagent up` still running?). Check the connection, then try again.";
+    return e.message;
   }
 
   // ---------------------------------------------------------------- streaming a solve
@@ -329,26 +385,35 @@
     }
   }
 
-  async function solve(problem) {
+  // The options of one problem: the expected answer belongs to it alone (cleared once sent, so the
+  // next problem is not graded against it); tool calls and samples are preferences that stay.
+  function takeOptions() {
+    const options = { gold: goldBox.value.trim() };
+    const turns = parseInt($("#max-turns").value, 10);
+    if (!Number.isNaN(turns)) options.max_turns = turns;
+    const samples = parseInt($("#samples").value, 10);
+    if (samples > 1) options.samples = samples;
+    goldBox.value = "";
+    markOptions();
+    return options;
+  }
+  function markOptions() { $("#options-set").hidden = !goldBox.value.trim(); }
+
+  async function solve(problem, options) {
     const t = addTurn(problem);
     const body = { problem, stream: true };
-    const gold = $("#gold").value.trim();
-    if (gold) body.gold = gold;
-    const turns = parseInt($("#max-turns").value, 10);
-    if (!Number.isNaN(turns)) body.max_turns = turns;
-    const samples = parseInt($("#samples").value, 10);
-    if (samples > 1) body.samples = samples;
+    if (options.gold) body.gold = options.gold;
+    if (options.max_turns !== undefined) body.max_turns = options.max_turns;
+    if (options.samples) body.samples = options.samples;
     controller = new AbortController();
     busy(true);
     let result = null;
+    let stopped = false;
     try {
       const r = await fetch("/v1/solve", {
         method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), signal: controller.signal,
       });
-      if (!r.ok) {
-        const err = await r.json().catch(() => ({}));
-        throw new Error(err.error?.message || `HTTP ${r.status}`);
-      }
+      if (!r.ok) throw await httpError(r);
       for await (const { event, data } of sseEvents(r)) {
         if (event === "start") episodeFor(t, data).tag.dataset.version = data.model_version;
         else if (event === "text") episodeFor(t, data).addText(data.text);
@@ -359,10 +424,11 @@
       }
       if (result) remember(problem, result);
     } catch (e) {
-      if (e.name === "AbortError") showError(t, "stopped");
-      else showError(t, e.message);
+      stopped = e.name === "AbortError";
+      if (stopped) showError(t, "Stopped: the solve was cancelled, nothing more runs. Unfinished cells are marked stopped.", { stopped: true, retry: { problem, options } });
+      else showError(t, advice(e), { retry: { problem, options } });
     } finally {
-      t.map.forEach((e) => e.live && e.finish());
+      t.map.forEach((e) => e.live && e.finish(stopped));
       busy(false);
       controller = null;
       t.turn.scrollIntoView({ block: "end" });
@@ -382,7 +448,7 @@
   function remember(problem, result) {
     const items = loadHistory().filter((h) => h.trajectory_id !== result.trajectory_id);
     items.unshift({ problem, answer: result.answer, correct: result.correct, trajectory_id: result.trajectory_id,
-                    model_version: result.model_version, at: Date.now() });
+                    feedback_token: result.feedback_token, model_version: result.model_version, at: Date.now() });
     localStorage.setItem(HISTORY_KEY, JSON.stringify(items.slice(0, 100)));
     drawHistory();
   }
@@ -392,10 +458,13 @@
       const li = el("li");
       const b = el("button", "history-item");
       b.type = "button";
-      b.append(el("span", "h-problem", clean(h.problem)));
+      const title = el("span", "h-problem");
+      setInlineMath(title, h.problem);
+      b.title = clean(h.problem);
+      b.append(title);
       const mark = h.correct === true ? " ✓" : h.correct === false ? " ✗" : "";
       b.append(el("span", "h-meta", `${h.answer == null ? "no answer" : "= " + clean(h.answer)}${mark} · ${new Date(h.at).toLocaleString()}`));
-      b.addEventListener("click", () => replay(h));
+      b.addEventListener("click", () => { closeDrawer(); replay(h); });
       li.append(b);
       historyList.append(li);
     }
@@ -417,23 +486,30 @@
       }
       e.finish();
       renderResult(t, { answer: tr.answer, correct: tr.correct, gold: tr.gold, model_version: tr.model_version,
-                        trajectory_id: tr.id, elapsed_ms: tr.timings.total_ms });
+                        trajectory_id: tr.id, feedback_token: h.feedback_token, elapsed_ms: tr.timings.total_ms });
     } catch (err) {
       showError(t, `could not load this problem: ${err.message}`);
     }
   }
 
   // ---------------------------------------------------------------- model version + health
+  function setHealth(up, note) {
+    for (const id of ["#health-dot", "#health-dot-top"]) {
+      $(id).className = `dot ${up ? "up" : "down"}`;
+      $(id).title = up ? "ready" : note;
+    }
+    $("#health-note").textContent = up ? "" : note;
+  }
   async function refreshModel() {
     try {
       const [models, health] = await Promise.all([fetch("/v1/models").then((r) => r.json()), fetch("/readyz").then((r) => r.json())]);
       const m = models.data[0];
       $("#model-id").textContent = m.id;
-      $("#model-version").textContent = m.version || "not loaded";
-      $("#health-dot").className = `dot ${health.ready ? "up" : "down"}`;
-      $("#health-dot").title = health.ready ? "ready" : "not ready: " + Object.entries(health.checks).filter(([, c]) => c.status !== "up").map(([k]) => k).join(", ");
+      $("#model-version").textContent = $("#model-version-top").textContent = m.version || "not loaded";
+      const down = Object.entries(health.checks).filter(([, c]) => c.status !== "up").map(([k]) => k);
+      setHealth(health.ready, `not ready: ${down.join(", ")} down; new problems are refused until it is back`);
     } catch {
-      $("#health-dot").className = "dot down";
+      setHealth(false, "the gateway cannot be reached");
     }
   }
 
@@ -443,14 +519,46 @@
     const problem = problemBox.value.trim();
     if (!problem || controller) return;
     problemBox.value = "";
-    solve(problem);
+    solve(problem, takeOptions());
   });
   problemBox.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); form.requestSubmit(); }
   });
   stopBtn.addEventListener("click", () => controller?.abort());
-  $("#new-chat").addEventListener("click", () => { problemBox.value = ""; problemBox.focus(); });
-  document.querySelectorAll(".example").forEach((b) => b.addEventListener("click", () => { problemBox.value = b.textContent; problemBox.focus(); }));
+  // A new problem starts clean: an empty thread, no text, no expected answer (a running solve is stopped).
+  function newProblem() {
+    controller?.abort();
+    thread.replaceChildren(emptyState);
+    problemBox.value = "";
+    goldBox.value = "";
+    markOptions();
+    closeDrawer();
+    problemBox.focus();
+  }
+  $("#new-chat").addEventListener("click", newProblem);
+  $("#new-chat-top").addEventListener("click", newProblem);
+  goldBox.addEventListener("input", markOptions);
+  document.querySelectorAll(".example").forEach((b) => {
+    setInlineMath(b, b.dataset.problem);
+    b.addEventListener("click", () => { problemBox.value = b.dataset.problem; problemBox.focus(); });
+  });
+
+  // ---------------------------------------------------------------- the drawer (narrow screens)
+  function openDrawer() {
+    sidebar.classList.add("open");
+    backdrop.hidden = false;
+    menuBtn.setAttribute("aria-expanded", "true");
+    $("#new-chat").focus();
+  }
+  function closeDrawer() {
+    if (!sidebar.classList.contains("open")) return;
+    sidebar.classList.remove("open");
+    backdrop.hidden = true;
+    menuBtn.setAttribute("aria-expanded", "false");
+  }
+  menuBtn.addEventListener("click", () => (sidebar.classList.contains("open") ? closeDrawer() : openDrawer()));
+  backdrop.addEventListener("click", closeDrawer);
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeDrawer(); });
   drawHistory();
   refreshModel();
   setInterval(refreshModel, 30000);

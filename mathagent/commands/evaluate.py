@@ -23,7 +23,7 @@ from mathagent.errors import fail
 async def _eval(dataset: str, split: str, limit: int | None, samples: int, mode: str, data_dir: Path | None,
                 out: Path | None, concurrency: int, seed: int) -> int:
     from agent.datasets import load_problems
-    from agent.evaluate import evaluate
+    from agent.evaluate import ProblemOutcome, evaluate
     from agent.trajectory import Mode
 
     settings = load(AgentSettings)
@@ -38,18 +38,27 @@ async def _eval(dataset: str, split: str, limit: int | None, samples: int, mode:
             sandbox = await res.sandbox()
             solver = res.solver(engine, sandbox, await res.trajectory_log())
             console.print(f"[dim]{res.sandbox_note}; model {settings.model} ({engine.model_version}); "
-                          f"{len(problems)} problems, mode {mode}, samples {samples}[/]")
-            correct = 0
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console) as progress:
-                task = progress.add_task(f"{dataset}/{split} greedy 0/0", total=len(problems))
+                          f"{len(problems)} problems, mode {mode}, samples {samples}, {concurrency} at a time[/]")
+            correct = finished = 0
+            t0 = time.monotonic()
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=console, disable=not console.is_terminal)
+            task = progress.add_task(f"{dataset}/{split} greedy 0/0", total=len(problems))
 
-                def done(o: object) -> None:
-                    nonlocal correct
-                    correct += int(getattr(o, "greedy_correct", False))
-                    n = int(progress.tasks[0].completed) + 1
-                    progress.update(task, advance=1, description=f"{dataset}/{split} greedy {correct}/{n}")
+            def done(o: ProblemOutcome) -> None:
+                # a bar on a terminal; elsewhere (a log, CI, a pipe) one line per problem as it finishes
+                nonlocal correct, finished
+                correct += int(o.greedy_correct)
+                finished += 1
+                progress.update(task, advance=1, description=f"{dataset}/{split} greedy {correct}/{finished}")
+                if not console.is_terminal:
+                    maj = "" if o.maj_answer is None else f", maj@{samples} {o.maj_answer}"
+                    console.print(f"[{finished}/{len(problems)}] {o.problem_id}: {o.greedy_answer} "
+                                  f"({'correct' if o.greedy_correct else 'wrong'}, gold {o.gold}{maj}); "
+                                  f"{correct}/{finished} correct, {time.monotonic() - t0:.0f}s", markup=False,
+                                  highlight=False, soft_wrap=True)
 
+            with progress:
                 report = await evaluate(solver, problems, dataset=dataset, mode=Mode(mode), samples=samples,
                                         concurrency=concurrency, out_path=out, seed=seed, on_done=done)
         finally:

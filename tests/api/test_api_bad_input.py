@@ -97,10 +97,24 @@ def test_unknown_routes_and_methods(c: httpx.Client) -> None:
     assert _error(c.get("/v1/trajectories/abc123"), 404)["code"] == "trajectory_not_found"
 
 
-def test_chat_bad_inputs(c: httpx.Client) -> None:
-    assert _error(c.post("/v1/chat/completions", json={"model": "mathagent", "messages": []}), 422)["param"] == "messages"
-    assert _error(c.post("/v1/chat/completions", json={"model": "mathagent"}), 422)["param"] == "messages"
-    n2 = {"model": "mathagent", "n": 2, "messages": [{"role": "user", "content": "1+1"}]}
-    assert _error(c.post("/v1/chat/completions", json=n2), 400)["param"] == "n"
+def test_chat_bad_inputs_are_400_as_openai_answers(c: httpx.Client) -> None:
+    """The OpenAI routes answer 400 invalid_request_error (OpenAI and vLLM do), `param` spelled as OpenAI does."""
+    assert _error(c.post("/v1/chat/completions", json={"model": "mathagent", "messages": []}), 400)["param"] == "messages"
+    assert _error(c.post("/v1/chat/completions", json={"model": "mathagent"}), 400)["param"] == "messages"
     bad_role = {"model": "mathagent", "messages": [{"role": "wizard", "content": "1+1"}]}
-    assert _error(c.post("/v1/chat/completions", json=bad_role), 422)["param"].startswith("messages")
+    assert _error(c.post("/v1/chat/completions", json=bad_role), 400)["param"] == "messages[0].role"
+    tool_msg = {"model": "mathagent", "messages": [{"role": "user", "content": "1+1"},
+                                                   {"role": "tool", "content": "2", "tool_call_id": "x"}]}
+    assert _error(c.post("/v1/chat/completions", json=tool_msg), 400)["param"] == "messages[1].role"
+    last_assistant = {"model": "mathagent", "messages": [{"role": "user", "content": "1+1"},
+                                                         {"role": "assistant", "content": "2"}]}
+    assert _error(c.post("/v1/chat/completions", json=last_assistant), 400)["code"] == "no_user_message"
+    for field, value in (("response_format", {"type": "json_object"}), ("logprobs", True), ("stop", ["\n"]),
+                         ("frequency_penalty", 0.5), ("tool_choice", "auto")):
+        body = {"model": "mathagent", field: value, "messages": [{"role": "user", "content": "1+1"}]}
+        err = _error(c.post("/v1/chat/completions", json=body), 400)
+        assert err["param"] == field and err["code"] == "unsupported_parameter", err
+    broken = c.post("/v1/chat/completions", content=b'{"model": "mathagent",\n "messages": [}',
+                    headers={"content-type": "application/json"})
+    err = _error(broken, 400)
+    assert err["param"] is None and err["code"] == "invalid_json" and "not valid JSON" in err["message"]

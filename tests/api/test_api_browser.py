@@ -73,6 +73,7 @@ def test_chat_page_streams_a_code_cell_and_stores_feedback(smol_app: RunningApp,
 
     stored = [json.loads(x) for x in redis_client.hvals(f"mathagent:feedback:by-caller:{tid}")]  # latest per caller
     assert [f["rating"] for f in stored] == ["up"]
+    assert stored[0]["trusted"] is True  # the page sent the solve's feedback token: a training label, not a vote
     traj = json.loads(redis_client.xrange("mathagent:trajectories", redis_client.hget("mathagent:trajectories:index", tid),
                                           redis_client.hget("mathagent:trajectories:index", tid))[0][1]["data"])
     assert traj["problem"] == PROBLEM and traj["calls"], "the trajectory behind the thumbs holds the code cell"
@@ -120,3 +121,170 @@ def test_hostile_model_output_is_rendered_inert(tiny_app: RunningApp) -> None:
         finally:
             browser.close()
 
+
+
+# ---------------------------------------------------------------- layout, options, outages (tiny model)
+
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def _open(p, app: RunningApp, viewport: dict[str, int], problems: list[str]):  # type: ignore[no-untyped-def]
+    """A page on the gateway; console errors and page errors (a CSP violation is one) go to ``problems``."""
+    from playwright.sync_api import expect
+
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport=viewport)
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(app.url + "/")
+    expect(page.get_by_test_id("model-version")).to_have_text(app.state.model_version, timeout=15_000)
+    return browser, page
+
+
+def _in_view(page, locator) -> bool:  # type: ignore[no-untyped-def]
+    box = locator.bounding_box()
+    width = page.viewport_size["width"]
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width + 1 and locator.is_visible()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280px", "390px"])
+def test_navigation_history_and_math_at_desktop_and_phone_widths(tiny_app: RunningApp, viewport: dict[str, int]) -> None:
+    """At 1280 px the sidebar is there; at 390 px a top bar (menu, model chip, New) opens it as a drawer
+    with the history, "New problem" and the health chip. Math is typeset in history entries and
+    example chips, under a CSP without inline styles (a violation would be a console error)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    entry = {"problem": "Is $x^2 + 1 > 0$ for every real $x$?", "answer": "yes", "correct": None,
+             "trajectory_id": "0" * 32, "model_version": "tiny-random-v1", "at": 0}
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser, page = _open(p, tiny_app, viewport, problems)
+        try:
+            page.evaluate("e => localStorage.setItem('mathagent.history.v1', JSON.stringify([e]))", entry)
+            page.reload()
+            expect(page.get_by_test_id("model-version")).to_have_text(tiny_app.state.model_version, timeout=15_000)
+            assert page.locator(".example .katex").count() >= 2  # $360 = 2^3 ...$ and $x^2 - 5x + 6 = 0$
+            sidebar, history = page.locator("#sidebar"), page.locator(".history-item")
+            if viewport is DESKTOP:
+                expect(page.get_by_test_id("topbar")).to_be_hidden()
+                assert _in_view(page, sidebar) and _in_view(page, page.get_by_test_id("new-problem"))
+            else:
+                expect(page.get_by_test_id("topbar")).to_be_visible()
+                expect(page.get_by_test_id("model-version-top")).to_have_text(tiny_app.state.model_version)
+                assert not _in_view(page, sidebar)
+                page.get_by_test_id("menu").click()
+                expect(page.get_by_test_id("menu")).to_have_attribute("aria-expanded", "true")
+                page.wait_for_function("() => document.querySelector('#sidebar').getBoundingClientRect().x >= 0")
+                for part in (sidebar, history.first, page.get_by_test_id("new-problem"), page.get_by_test_id("health-dot")):
+                    assert _in_view(page, part)
+                page.screenshot(path=str(ARTIFACTS / "chat_page_390_drawer.png"))
+                page.locator("#backdrop").click(position={"x": 370, "y": 400})
+                expect(page.get_by_test_id("menu")).to_have_attribute("aria-expanded", "false")
+                page.get_by_test_id("menu").click()
+            assert history.first.locator(".katex").count() >= 2  # the entry's $x^2 + 1 > 0$ and $x$
+            page.get_by_test_id("new-problem").click()
+            expect(page.get_by_test_id("examples")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / f"chat_page_{viewport['width']}.png"))
+        finally:
+            browser.close()
+    assert not problems, problems
+
+
+def test_expected_answer_belongs_to_one_problem(tiny_app: RunningApp) -> None:
+    """The expected answer grades the problem it was sent with, then is cleared: the next problem is
+    not graded against it. "New problem" clears the thread, the text and the expected answer."""
+    from playwright.sync_api import expect, sync_playwright
+
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser, page = _open(p, tiny_app, PHONE, problems)
+        try:
+            page.locator("#options summary").click()
+            page.get_by_test_id("gold").fill("5")
+            expect(page.locator("#options-set")).to_be_visible()
+            page.get_by_test_id("problem").fill("What is 2 + 3?")
+            page.get_by_test_id("send").click()
+            first = page.locator(".turn").nth(0)
+            expect(first.get_by_test_id("final-answer")).to_be_visible(timeout=120_000)
+            expect(first.locator(".verdict")).to_be_visible()  # graded: ✓ verified or ✗ expected 5
+            expect(page.get_by_test_id("gold")).to_have_value("")
+            expect(page.locator("#options-set")).to_be_hidden()
+            page.get_by_test_id("problem").fill("What is 3 + 4?")
+            page.get_by_test_id("send").click()
+            second = page.locator(".turn").nth(1)
+            expect(second.get_by_test_id("final-answer")).to_be_visible(timeout=120_000)
+            expect(second.locator(".verdict")).to_have_count(0)  # not graded against the first problem's answer
+            page.get_by_test_id("gold").fill("7")
+            page.get_by_test_id("problem").fill("draft")
+            page.get_by_test_id("new-problem-top").click()
+            expect(page.locator(".turn")).to_have_count(0)
+            expect(page.get_by_test_id("examples")).to_be_visible()
+            expect(page.get_by_test_id("problem")).to_have_value("")
+            expect(page.get_by_test_id("gold")).to_have_value("")
+        finally:
+            browser.close()
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280px", "390px"])
+def test_a_sandbox_outage_says_what_to_do(tiny_app: RunningApp, viewport: dict[str, int]) -> None:
+    """While the sandbox is down a problem is refused at once; the page shows the reason and what to
+    do, wrapped inside the screen, with a "Try again" that works once the sandbox is back."""
+    from playwright.sync_api import expect, sync_playwright
+    from support.outage import sandbox_down
+
+    problems: list[str] = []
+    with sync_playwright() as p:
+        with sandbox_down(tiny_app):
+            browser, page = _open(p, tiny_app, viewport, problems)
+            try:
+                if viewport is DESKTOP:
+                    expect(page.get_by_test_id("health-note")).to_contain_text("sandbox", timeout=15_000)
+                    expect(page.get_by_test_id("health-dot")).to_have_class("dot down")
+                else:
+                    expect(page.locator("#health-dot-top")).to_have_class("dot down", timeout=15_000)
+                page.get_by_test_id("problem").fill("What is 6 * 7?")
+                page.get_by_test_id("send").click()
+                box = page.get_by_test_id("error")
+                expect(box).to_be_visible(timeout=30_000)
+                expect(box).to_contain_text("sandbox")
+                expect(box).to_contain_text("Try again")
+                expect(box).to_contain_text("Wait 5 s")
+                fits = box.evaluate("b => b.scrollWidth <= b.clientWidth && b.getBoundingClientRect().right <= innerWidth")
+                assert fits, "the error message must wrap inside the screen"
+                page.screenshot(path=str(ARTIFACTS / f"chat_page_outage_{viewport['width']}.png"))
+            except BaseException:
+                browser.close()
+                raise
+        try:
+            page.get_by_test_id("retry").click()  # the sandbox is back
+            expect(page.get_by_test_id("final-answer")).to_be_visible(timeout=120_000)
+        finally:
+            browser.close()
+    assert all("503" in m for m in problems), problems  # only the refused request's own console line
+
+
+@pytest.mark.slow
+def test_stop_marks_unfinished_cells_stopped(smol_app: RunningApp) -> None:
+    """Stop while SmolLM2 writes or runs its first cell: no cell keeps a "writing" or "running"
+    badge (it never will finish); the turn says it was stopped and offers to try again."""
+    from playwright.sync_api import expect, sync_playwright
+
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser, page = _open(p, smol_app, DESKTOP, problems)
+        try:
+            page.get_by_test_id("problem").fill(PROBLEM)
+            page.get_by_test_id("send").click()
+            expect(page.locator("details.cell").first).to_be_visible(timeout=400_000)  # the fence just opened
+            page.get_by_test_id("stop").click()
+            expect(page.get_by_test_id("stopped")).to_be_visible(timeout=30_000)
+            expect(page.get_by_test_id("stopped")).to_contain_text("Try again")
+            statuses = page.locator(".cell-status").all_inner_texts()
+            assert statuses and not {"writing", "running"} & set(statuses), statuses
+            print(f"cells after stop: {statuses}")
+        finally:
+            browser.close()
+    assert not problems, problems

@@ -149,3 +149,20 @@ def test_gold_rendering_tool_mode_masks_the_output(tokenizer):
     start = len(P) + len(g.segments[1].token_ids)
     assert mask[start : start + n_obs] == [0] * n_obs
     assert tokenizer.decode(g.segments[1].token_ids) == "Multiply.\n```python\nprint(3*4)\n```\n"
+
+
+def test_chat_turns_with_context_are_not_trained_on() -> None:
+    """A follow-up ("now double it") logged with its context is no problem by itself: no pairs."""
+    from agent.trajectory import Segment, SegmentKind, Source, Trajectory
+    from trainer.pairs import irpo_pairs
+
+    def traj(answer: str, correct: bool, context: int) -> Trajectory:
+        return Trajectory(problem="Now double it.", gold="782", answer=answer, correct=correct, source=Source.api,
+                          context_messages=context,
+                          segments=[Segment(kind=SegmentKind.prompt, text="p", token_ids=[1, 2]),
+                                    Segment(kind=SegmentKind.model, text=answer, token_ids=[3, int(answer)])])
+
+    kept = irpo_pairs([traj("782", True, 0), traj("391", False, 0)], k=1)
+    assert len(kept.pairs) == 1
+    dropped = irpo_pairs([traj("782", True, 2), traj("391", False, 2)], k=1)
+    assert dropped.pairs == [] and dropped.counts["dropped_conversation"] == 2
