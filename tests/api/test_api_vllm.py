@@ -29,10 +29,10 @@ def test_gateway_serves_solves_and_chat_through_vllm(vllm_app: RunningApp, vllm:
 
     with vllm_app.client() as c:
         r = c.post("/v1/solve", json={"problem": "What is 2 + 3?", "mode": "cot"})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["model_version"] == vllm.version
-    traj = body["trajectories"][0]
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == vllm.version
+        traj = c.get(f"/v1/trajectories/{body['trajectory_ids'][0]}").json()["trajectory"]
     model_ids = [t for s in traj["segments"] if s["kind"] == "model" for t in s["token_ids"]]
     assert 0 < len(model_ids) <= 24  # exactly the ids vLLM sampled, within the turn budget
 

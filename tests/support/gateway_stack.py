@@ -96,7 +96,7 @@ class Stack:
         await self._sandbox_cm.__aenter__()
         return socket_url(self.tmp / "sandbox")
 
-    def serve(self, engine: Any, *, engine_is_base: bool = False, **overrides: Any) -> RunningApp:
+    def serve(self, engine: Any, /, *, engine_is_base: bool = False, **overrides: Any) -> RunningApp:
         """A gateway on ``engine`` (None: the one MATHAGENT_MODEL names, loaded as in production,
         with the configured base model as a version), served with the production uvicorn config."""
         import uvicorn
