@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.engines.base import EngineUnavailableError
+
 log = logging.getLogger("mathagent.api")
 
 _TYPES = {
@@ -134,6 +136,17 @@ def install(app: FastAPI) -> None:
             message, code = "the request body could not be parsed: send UTF-8 encoded JSON", "invalid_json"
         return error_response(
             exc.status_code, ErrorBody(message=message, type=error_type(exc.status_code), code=code), dict(exc.headers or {})
+        )
+
+    @app.exception_handler(EngineUnavailableError)
+    async def _engine_down(request: Request, exc: EngineUnavailableError) -> JSONResponse:
+        # e.g. the vLLM server died or restarts: the client may retry (nothing was answered); the
+        # server's address stays in the log
+        log.warning("engine unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, ErrorBody(message="the model server is not answering: retry in a few seconds (GET /readyz shows "
+                           "each component)", type=error_type(503), code="model_unavailable"),
+            {"retry-after": "5"},
         )
 
     @app.exception_handler(Exception)

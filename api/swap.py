@@ -204,6 +204,8 @@ class SwapManager:
         content id of the model spec it names (the configured base's version when it is that model)."""
         if not spec:
             return None
+        if self.base is not None and spec == self.base.version:
+            return spec  # the configured base, by content id (what the trainer records)
         if self.registry is not None and self.registry.path(spec).is_dir():
             return spec
         if self.state_dir is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,13 @@ if not sys.stderr.isatty():  # a log or CI: no progress bars of the hub librarie
 app = typer.Typer(help="mathagent: a tool-integrated math agent that improves itself.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print side-by-side ratios from one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+class EngineChoice(StrEnum):
+    """An engine a benchmark measures."""
+
+    in_process = "in-process"
+    vllm = "vllm"
 
 
 @app.command()
@@ -184,27 +192,41 @@ def experiment(**options: Any) -> None:
 
 @bench_app.command("agent")
 def bench_agent(
-    episodes: int = typer.Option(8, help="episodes, run 8-wide concurrently and then one at a time"),
-    max_new_tokens: int = typer.Option(96, help="per model turn (kept small: the sequential leg is slow on CPU)"),
-    max_turns: int = typer.Option(2, help="tool calls per episode"),
+    episodes: int = typer.Option(8, min=1, help="episodes per leg at least (a leg at 1 concurrent runs them one by one)"),
+    max_new_tokens: int = typer.Option(96, min=1, help="per model turn (kept small: the 1-at-a-time legs are slow on CPU)"),
+    max_turns: int = typer.Option(2, min=1, help="tool calls per episode"),
     seed: int = typer.Option(0, help="synthetic problem seed"),
+    engine: list[EngineChoice] = typer.Option(list(EngineChoice), help="engines to measure (repeat the option)"),
+    concurrency: list[int] = typer.Option([1, 8, 32], min=1, help="concurrent episodes per leg (repeat the option)"),
+    vllm_url: str | None = typer.Option(None, help="measure this running vLLM server (serving MATHAGENT_MODEL) "
+                                        "instead of starting one from .venv-vllm"),
+    vllm_model: str | None = typer.Option(None, help="its --served-model-name (with --vllm-url)"),
 ) -> None:
-    """Agent throughput with the embedded model: concurrent vs sequential episodes, side by side."""
+    """Episodes/min of the in-process engine and of real vLLM at 1/8/32 concurrent episodes, side by side."""
     from mathagent.bench.agent import run_bench
 
-    raise typer.Exit(run_bench(episodes=episodes, max_new_tokens=max_new_tokens, max_turns=max_turns, seed=seed))
+    raise typer.Exit(run_bench(episodes=episodes, max_new_tokens=max_new_tokens, max_turns=max_turns, seed=seed,
+                               engines=tuple(e.value for e in engine), levels=tuple(concurrency), vllm_url=vllm_url,
+                               vllm_model=vllm_model))
 
 
 @bench_app.command("engine")
 def bench_engine(
     model: str = typer.Option(TrainConfig.model_fields["model"].default, help="model spec (smollm2, a checkpoint "
                               "directory...)"),
-    new_tokens: int = typer.Option(48, help="new tokens per request"),
+    new_tokens: int = typer.Option(64, min=1, help="new tokens per request"),
+    engine: list[EngineChoice] = typer.Option(list(EngineChoice), help="engines to measure (repeat the option)"),
+    concurrency: list[int] = typer.Option([1, 8, 32], min=1, help="concurrent requests per row (repeat the option)"),
+    threads: int | None = typer.Option(None, min=1, help="torch threads of the in-process engine (default: settings)"),
+    vllm_url: str | None = typer.Option(None, help="measure this running vLLM server (same checkpoint) instead of "
+                                        "starting one from .venv-vllm"),
+    vllm_model: str | None = typer.Option(None, help="its --served-model-name (with --vllm-url)"),
 ) -> None:
-    """In-process engine tokens/s: 1 vs 8 concurrent requests, 1 vs 2 torch threads, side by side."""
+    """Tokens/s of the in-process engine and of real vLLM on the same checkpoint, 1/8/32 concurrent, side by side."""
     from mathagent.bench.engine import run
 
-    run(model, new_tokens)
+    run(model, new_tokens=new_tokens, engines=tuple(e.value for e in engine), levels=tuple(concurrency),
+        threads=threads, vllm_url=vllm_url, vllm_model=vllm_model)
 
 
 @bench_app.command("trainer")
@@ -237,16 +259,23 @@ def bench_sandbox(
 
 @bench_app.command("swap")
 def bench_swap(
-    clients: int = typer.Option(8, help="concurrent clients (streamed and not, chat and solve)"),
-    duration: float = typer.Option(30.0, help="seconds of load"),
+    clients: int = typer.Option(8, min=1, help="concurrent clients (streamed and not, chat and solve)"),
+    duration: float = typer.Option(30.0, help="seconds of load (--engine vllm: 120 is a good length)"),
     deploy_at: float = typer.Option(15.0, help="seconds into the run when the other version is deployed"),
     seed: int = typer.Option(0, help="problem text seed"),
+    engine: Literal["transformers", "vllm"] = typer.Option(
+        "transformers", help="transformers: two tiny scripted versions in process; vllm: SmolLM2 on real vLLM, a "
+        "LoRA version blue/green, a rollback, then full weights reloaded in place"),
+    vllm_url: str | None = typer.Option(None, help="--engine vllm: this running server (serving SmolLM2 with "
+                                        "--enable-lora and the dev routes) instead of one started from .venv-vllm"),
+    vllm_model: str | None = typer.Option(None, help="its --served-model-name (with --vllm-url)"),
 ) -> None:
     """Hot swap under load: prepare/commit/drain times, first token from the new version, and
-    requests/s in the swap window vs a baseline window of the same run (two tiny scripted versions)."""
+    requests/s in the swap window vs a baseline window of the same run."""
     from mathagent.bench.swap import run
 
-    raise typer.Exit(run(clients=clients, duration_s=duration, deploy_at_s=deploy_at, seed=seed))
+    raise typer.Exit(run(clients=clients, duration_s=duration, deploy_at_s=deploy_at, seed=seed, engine=engine,
+                         vllm_url=vllm_url, vllm_model=vllm_model))
 
 
 def main() -> None:

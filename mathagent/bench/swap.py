@@ -15,18 +15,24 @@ gateway on uvicorn, two tiny scripted model versions in a temporary registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, Field
 
+from agent.engines.base import Completion, Delta, GenerationRequest
+from agent.engines.openai_http import OpenAIHTTPEngine
 from api.settings import PUBLIC_MODEL_ID
 from mathagent.bench.swap_models import random_problem
 
 SWAP_WINDOW_MIN_S = 5.0  # a swap window shorter than this is widened to it (a rate needs some width)
+STALL_PHASES = ("drain", "load", "verify")  # an in-place reload holds new generation requests through these
 
 
 class RequestRecord(BaseModel):
@@ -210,6 +216,7 @@ async def drive(url: str, token: str, *, clients: int = 8, duration_s: float = 6
 
 
 class SwapFigures(BaseModel):
+    method: str = ""
     prepare_s: float
     commit_s: float
     drain_s: float
@@ -220,14 +227,17 @@ class SwapFigures(BaseModel):
     window: tuple[float, float]
     requests: int
     failed: int
+    stall_s: float = Field(0.0, description="an in-place reload: seconds new generation requests were held "
+                           "(drain, load, verify)")
 
     @property
     def ratio(self) -> float:
         return self.swap_rps / self.baseline_rps if self.baseline_rps else 0.0
 
 
-def figures(report: LoadReport, deploy_version: str) -> SwapFigures:
-    deploy = next(a for a in report.actions if a.kind == "deploy")
+def figures(report: LoadReport, deploy_version: str, deploy: AdminAction | None = None) -> SwapFigures:
+    """The figures of ``deploy`` (default: the first deploy of the run), which put ``deploy_version`` in."""
+    deploy = deploy or next(a for a in report.actions if a.kind == "deploy")
     final = deploy.final or deploy.record or {}
     phases = {p["name"]: p["seconds"] for p in final.get("phases", [])}
     start = deploy.sent - report.t0
@@ -236,6 +246,7 @@ def figures(report: LoadReport, deploy_version: str) -> SwapFigures:
     firsts = [r.first_token_at for r in report.requests
               if r.model_version == deploy_version and r.first_token_at is not None and r.started >= deploy.sent]
     return SwapFigures(
+        method=str(final.get("method", "")), stall_s=sum(phases.get(p, 0.0) for p in STALL_PHASES),
         prepare_s=phases.get("prepare", 0.0), commit_s=phases.get("commit", 0.0), drain_s=phases.get("drain", 0.0),
         retire_s=phases.get("retire", 0.0),
         first_token_new_s=(min(firsts) - deploy.sent) if firsts else None,
@@ -244,68 +255,161 @@ def figures(report: LoadReport, deploy_version: str) -> SwapFigures:
     )
 
 
-def run(*, clients: int = 8, duration_s: float = 30.0, deploy_at_s: float = 15.0, seed: int = 0) -> int:
-    """The CLI entry: build the stack, drive it, print the figures; exit 1 if a goal is missed."""
-    from rich.console import Console
+def _table(f: SwapFigures, title: str) -> Any:
     from rich.table import Table
 
-    console = Console()
-    with console.status("building the stack (redis, sandbox, two scripted versions, gateway)..."):
-        report, deploy_version = asyncio.run(_run_stack(clients, duration_s, deploy_at_s, seed, console))
-    f = figures(report, deploy_version)
-    table = Table(title=f"hot swap under load: {clients} clients, {duration_s:.0f} s, deploy at {deploy_at_s:.0f} s")
+    table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
+    table.add_row("method", f.method)
     table.add_row("prepare (checksums, load beside, golden prompts)", f"{f.prepare_s * 1000:.0f} ms")
     table.add_row("commit (registry pointer + engine flip)", f"{f.commit_s * 1000:.1f} ms")
     table.add_row("drain (solves pinned to the old version finish)", f"{f.drain_s * 1000:.0f} ms")
     table.add_row("retire (unload the old weights)", f"{f.retire_s * 1000:.0f} ms")
+    if f.method == "in-place-reload":
+        table.add_row("admission stall (drain + load + verify: new generations wait)", f"{f.stall_s * 1000:.0f} ms")
     table.add_row("first token from the new version (after deploy sent)",
                   f"{f.first_token_new_s * 1000:.0f} ms" if f.first_token_new_s is not None else "none")
     table.add_row("requests/s, baseline window", f"{f.baseline_rps:.2f}")
     table.add_row(f"requests/s, swap window {f.window[0]:.1f}-{f.window[1]:.1f} s", f"{f.swap_rps:.2f}")
-    table.add_row("swap / baseline throughput", f"{f.ratio:.0%}  (goal >= 80%)")
-    table.add_row("requests, failed", f"{f.requests}, {f.failed}  (goal 0 failed)")
-    console.print(table)
+    table.add_row("swap / baseline throughput", f"{f.ratio:.0%}")
+    table.add_row("requests in the run, failed", f"{f.requests}, {f.failed}  (goal 0 failed)")
+    return table
+
+
+def run(*, clients: int = 8, duration_s: float = 30.0, deploy_at_s: float = 15.0, seed: int = 0,
+        engine: str = "transformers", vllm_url: str | None = None, vllm_model: str | None = None) -> int:
+    """The CLI entry: build the stack, drive it, print the figures; exit 1 if a goal is missed.
+    ``engine="vllm"``: real vLLM serving SmolLM2, a LoRA version deployed blue/green at
+    ``deploy_at_s``, rolled back, then a full version reloaded in place (goals: 0 failed, the LoRA
+    swap window >= 90% of the baseline; the reload's admission stall is reported)."""
+    from rich.console import Console
+
+    console = Console()
+    if engine == "vllm":
+        report, lora_v, full_v = asyncio.run(_run_stack_vllm(clients, duration_s, deploy_at_s, seed, console,
+                                                             vllm_url, vllm_model))
+        deploys = [a for a in report.actions if a.kind == "deploy"]
+        if len(deploys) != 2 or any(a.status != 200 for a in report.actions):
+            console.print(f"[red]an admin action failed[/red]: {[(a.kind, a.status, a.record) for a in report.actions]}")
+            return 1
+        lora_f, full_f = figures(report, lora_v, deploys[0]), figures(report, full_v, deploys[1])
+        console.print(_table(lora_f, f"LoRA hot swap on vLLM under load: {clients} clients, {duration_s:.0f} s"))
+        console.print(_table(full_f, "full weights reloaded in place on vLLM, same run"))
+        for r in report.failed[:5]:
+            console.print(f"[red]failed[/red] {r.route} stream={r.stream}: {r.status} {r.error}")
+        console.print(f"LoRA swap window / baseline: {lora_f.ratio:.0%} (goal >= 90%); full reload: admission stall "
+                      f"{full_f.stall_s:.2f} s, window / baseline {full_f.ratio:.0%}; failed requests "
+                      f"{len(report.failed)} of {len(report.requests)}")
+        return 0 if not report.failed and lora_f.ratio >= 0.9 else 1
+    with console.status("building the stack (redis, sandbox, two scripted versions, gateway)..."):
+        report, deploy_version = asyncio.run(_run_stack(clients, duration_s, deploy_at_s, seed, console))
+    f = figures(report, deploy_version)
+    console.print(_table(f, f"hot swap under load: {clients} clients, {duration_s:.0f} s, deploy at {deploy_at_s:.0f} s"))
     for r in report.failed[:5]:
         console.print(f"[red]failed[/red] {r.route} stream={r.stream}: {r.status} {r.error}")
+    console.print(f"swap / baseline throughput {f.ratio:.0%} (goal >= 80%), failed {f.failed}")
     return 0 if f.failed == 0 and f.ratio >= 0.8 else 1
 
 
-async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: int, console: Any) -> tuple[LoadReport, str]:
-    import contextlib
+class RecordingEngine(OpenAIHTTPEngine):
+    """The vLLM engine, noting per generation request (prompt ids, the version asked for, the
+    version vLLM reported): what :func:`mixed_episodes` checks trajectories against."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.served: list[tuple[list[int], str | None, str]] = []
+
+    async def generate(self, request: GenerationRequest) -> list[Completion]:
+        out = await super().generate(request)
+        for c in out:
+            self.served.append((list(request.prompt_ids), request.version, c.model_version))
+        return out
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        async for delta in super().stream(request):
+            if delta.done is not None:
+                self.served.append((list(request.prompt_ids), request.version, delta.done.model_version))
+            yield delta
+
+
+async def mixed_episodes(url: str, report: LoadReport, engine: RecordingEngine) -> list[str]:
+    """Trajectories of the run that a version other than the one they name took part in (a
+    generation request of the episode asked for, or was answered by, another version); or that
+    no generation request can be found for. Empty when every episode ran on one version."""
+    bad: list[str] = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        for r in report.requests:
+            for tid in r.trajectory_ids:
+                traj = (await c.get(f"/v1/trajectories/{tid}")).json()["trajectory"]
+                prompt = traj["segments"][0]["token_ids"]
+                mine = [(asked, by) for ids, asked, by in engine.served if ids[: len(prompt)] == prompt]
+                if not mine or {asked for asked, _ in mine} | {by for _, by in mine} != {traj["model_version"]}:
+                    bad.append(tid)
+    return bad
+
+
+@contextlib.asynccontextmanager
+async def _gateway(tmp: Path, model: Any, /, *, engine_is_base: bool = False,
+                   **settings: Any) -> AsyncIterator[tuple[str, str]]:
+    """A private ``redis-server``, the sandbox service and the gateway on uvicorn (loopback), on
+    the engine ``model``; ``settings`` are GatewaySettings fields. Yields (url, admin token)."""
     import secrets
-    import shutil
-    import socket
     import subprocess
-    import tempfile
-    from pathlib import Path
 
     import uvicorn
+
+    from agent.configuration import load
+    from agent.settings import AgentSettings
+    from api.app import build_state, close_state, create_app
+    from api.settings import GatewaySettings
+    from mathagent.vllm_server import free_port
+    from sandbox.local import local_service
+    from sandbox.settings import socket_url
+
+    redis_port = free_port()
+    redis_proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with local_service(tmp / "sandbox", dev=load(AgentSettings).dev):
+            port = free_port()
+            gw = GatewaySettings(
+                dev=False, admin_token=secrets.token_hex(24), redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                sandbox_url=socket_url(tmp / "sandbox"), state_dir=tmp / "state", port=port, rate_limit_per_minute=0,
+                **settings,
+            )
+            state = await build_state(gw, engine=model, engine_is_base=engine_is_base)
+            server = uvicorn.Server(uvicorn.Config(create_app(gw, state=state), host="127.0.0.1", port=port,
+                                                   log_level="warning"))
+            task = asyncio.create_task(server.serve())
+            while not server.started:
+                await asyncio.sleep(0.02)
+            try:
+                yield f"http://127.0.0.1:{port}", gw.admin_token.get_secret_value()
+            finally:
+                server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 30)
+                await close_state(state)
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+
+
+async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: int, console: Any) -> tuple[LoadReport, str]:
+    import shutil
+    import tempfile
 
     from agent import modelstore
     from agent.configuration import load
     from agent.engines.transformers_engine import TransformersEngine
     from agent.settings import AgentSettings
-    from api.app import build_state, close_state, create_app
-    from api.settings import GatewaySettings
     from mathagent.bench.swap_models import cached_scripted_model, publish
-    from sandbox.local import local_service
-    from sandbox.settings import socket_url
     from trainer.registry import Registry
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    shared = load(AgentSettings)
-    state_dir = shared.state_dir
+    state_dir = load(AgentSettings).state_dir
     tokenizer = modelstore.load_tokenizer(modelstore.resolve(modelstore.EMBEDDED_SPEC, state_dir).path)
     tmp = Path(tempfile.mkdtemp(prefix="mathagent-bench-swap-"))
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         cache = state_dir / "test-models"
         cache.mkdir(parents=True, exist_ok=True)
@@ -315,33 +419,69 @@ async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: 
             model = await asyncio.to_thread(cached_scripted_model, tokenizer, digit, seed=s, cache=cache)
             await asyncio.to_thread(publish, registry, model, tokenizer, version, tmp, golden_problems=golden)
         registry.activate("v0001")
-        async with local_service(tmp / "sandbox", dev=shared.dev):
-            port = free_port()
-            settings = GatewaySettings(
-                dev=False, admin_token=secrets.token_hex(24), redis_url=f"redis://127.0.0.1:{redis_port}/0",
-                sandbox_url=socket_url(tmp / "sandbox"), state_dir=tmp / "state",
-                registry_dir=registry.root, port=port, max_new_tokens=24, max_total_tokens=1024, max_turns=2,
-                rate_limit_per_minute=0,
-            )
-            engine = TransformersEngine(modelstore.load_model(registry.path("v0001")), tokenizer, "v0001", threads=1)
-            state = await build_state(settings, engine=engine)
-            server = uvicorn.Server(uvicorn.Config(create_app(settings, state=state), host="127.0.0.1", port=port,
-                                                   log_level="warning"))
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                await asyncio.sleep(0.02)
-            try:
-                console.log(f"driving {clients} clients for {duration_s:.0f} s")
-                report = await drive(f"http://127.0.0.1:{port}", settings.admin_token.get_secret_value(),
-                                     clients=clients, duration_s=duration_s, deploy_at_s=deploy_at_s, rollback_at_s=0,
-                                     deploy_version="v0002", seed=seed)
-            finally:
-                server.should_exit = True
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 30)
-                await close_state(state)
+        engine = TransformersEngine(modelstore.load_model(registry.path("v0001")), tokenizer, "v0001", threads=1)
+        async with _gateway(tmp, engine, registry_dir=registry.root, max_new_tokens=24, max_total_tokens=1024,
+                            max_turns=2) as (url, token):
+            console.log(f"driving {clients} clients for {duration_s:.0f} s")
+            report = await drive(url, token, clients=clients, duration_s=duration_s, deploy_at_s=deploy_at_s,
+                                 rollback_at_s=0, deploy_version="v0002", seed=seed)
         return report, "v0002"
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _run_stack_vllm(clients: int, duration_s: float, deploy_at_s: float, seed: int, console: Any,
+                          vllm_url: str | None, vllm_model: str | None) -> tuple[LoadReport, str, str]:
+    """SmolLM2 on real vLLM (LoRA on); v0001 a random LoRA adapter, v0002 SmolLM2 with perturbed
+    weights. Deploy v0001 at ``deploy_at_s``, roll back a third of the remaining time later, then
+    deploy v0002 (in place) two thirds in."""
+    import shutil
+    import tempfile
+
+    from agent import modelstore
+    from agent.configuration import load
+    from agent.settings import AgentSettings
+    from mathagent.bench.vllm import bench_vllm
+    from mathagent.bench.vllm_versions import (
+        golden_on_vllm,
+        lora_adapter,
+        perturbed_checkpoint,
+        publish_full,
+        publish_lora,
+    )
+    from trainer.registry import Registry
+
+    state_dir = load(AgentSettings).state_dir
+    base = modelstore.resolve(modelstore.EMBEDDED_SPEC, state_dir)
+    tokenizer = modelstore.load_tokenizer(base.path)
+    tmp = Path(tempfile.mkdtemp(prefix="mathagent-bench-swap-vllm-"))
+    cache = state_dir / "test-models"
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        with bench_vllm(base.path, console, url=vllm_url, served_name=vllm_model, lora=True) as server:
+            registry = Registry(tmp / "registry")
+            with console.status("building the versions (a LoRA adapter, perturbed full weights) and their goldens..."):
+                adapter = await asyncio.to_thread(lora_adapter, base.path, cache / "smollm2-lora-2", seed=2)
+                golden = await asyncio.to_thread(golden_on_vllm, server.url, tokenizer, adapter, "golden-recording")
+                await asyncio.to_thread(publish_lora, registry, adapter, golden, "v0001", base_version=base.version)
+                full = await asyncio.to_thread(perturbed_checkpoint, base.path, cache / "smollm2-perturbed-1", seed=1)
+                await asyncio.to_thread(publish_full, registry, full, tokenizer, "v0002")
+            engine = RecordingEngine(server.url, tokenizer, model=server.served_name, version=base.version)
+            async with _gateway(tmp, engine, engine_is_base=True, engine="vllm", vllm_url=server.url,
+                                vllm_model=server.served_name, model=str(base.path), registry_dir=registry.root,
+                                max_new_tokens=24, max_total_tokens=1024, max_turns=2) as (url, token):
+                rest = duration_s - deploy_at_s
+                plan: Plan = [(deploy_at_s, "/admin/deploy", {"version": "v0001"}),
+                              (deploy_at_s + rest / 3, "/admin/rollback", None),
+                              (deploy_at_s + 2 * rest / 3, "/admin/deploy", {"version": "v0002"})]
+                console.log(f"driving {clients} clients for {duration_s:.0f} s: {plan}")
+                report = await drive(url, token, clients=clients, duration_s=duration_s, plan=plan, seed=seed)
+                bad = await mixed_episodes(url, report, engine)
+                console.print(f"episodes answered by more than one version, or by another than they name: {len(bad)}"
+                              + (f" {bad[:5]}" if bad else ""))
+                if bad:
+                    report.requests.append(RequestRecord(client=-1, route="check", stream=False, problem="", started=0,
+                                                         ended=0, ok=False, error=f"{len(bad)} mixed episodes"))
+        return report, "v0001", "v0002"
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,7 @@ The server is started by the first test that needs it (a start costs a minute or
 serves the provisioned SmolLM2 with the flags the hot swap needs (mathagent.vllm_server's
 defaults: fp32, runtime LoRA, dev routes, ``--enable-scale-out``), and is stopped at the end of
 the session. A test that kills it leaves it dead: the next test asking for ``vllm`` starts a new
-one. After each test the fixture puts back what the test may have changed (resumed, weight label
+one on the same port. After each test the fixture puts back what the test may have changed (resumed, weight label
 ``default``, base weights, no adapter), so tests do not depend on each other's order.
 
 Without ``.venv-vllm`` the tests fail (they are not skipped): CI installs it with
@@ -46,6 +46,7 @@ class SharedVLLM:
         self.log_dir = log_dir
         self.server: VLLMServer | None = None
         self.starts = 0
+        self.port = free_port()  # kept across restarts: a gateway pointed at it finds the new server
 
     def running(self) -> RunningVLLM:
         if self.server is None or not self.server.alive() or not self.server.healthy():
@@ -57,7 +58,7 @@ class SharedVLLM:
         if self.server is not None:
             self.server.stop()  # a killed leader can leave its engine processes behind
         cfg = VLLMServerConfig(
-            model=self.model_dir, served_model_name=SERVED_NAME, port=free_port(),
+            model=self.model_dir, served_model_name=SERVED_NAME, port=self.port,
             log_path=self.log_dir / f"vllm-{self.starts}.log",
         )
         if not cfg.python.exists():

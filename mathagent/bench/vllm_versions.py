@@ -1,5 +1,5 @@
-"""Model versions for the hot-swap tests on real vLLM, all on the SmolLM2 checkpoint the shared
-server serves (:mod:`support.vllm`): full copies with perturbed weights (an in-place reload
+"""Model versions for the hot swap on real vLLM (``mathagent bench swap --engine vllm`` and
+tests/api/test_api_swap_vllm.py), all on the SmolLM2 checkpoint the server serves: full copies with perturbed weights (an in-place reload
 changes the greedy output), random LoRA adapters (blue/green), a checkpoint vLLM cannot load.
 
 Golden prompts of a full version are recorded by the in-process fp32 engine, as the trainer does
@@ -124,5 +124,7 @@ def publish_full(registry: Any, checkpoint: Path, tokenizer: Any, version: str, 
     return registry.publish(src, base_model="smollm2", golden=golden, version=version)
 
 
-def publish_lora(registry: Any, adapter: Path, golden: list[Any], version: str) -> Any:
-    return registry.publish(adapter, base_model="smollm2", kind="lora", golden=golden, version=version)
+def publish_lora(registry: Any, adapter: Path, golden: list[Any], version: str, *, base_version: str) -> Any:
+    """``adapter`` as a LoRA version on the base weights ``base_version`` (a content id or a
+    registry version, as the trainer records the version it trained from)."""
+    return registry.publish(adapter, base_model=base_version, kind="lora", golden=golden, version=version)
