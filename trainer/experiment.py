@@ -23,10 +23,13 @@ registry inside the run directory so experiments never touch the served model's)
 Run directory::
 
     config.json              the experiment's config; a rerun with another config is refused
-    rows/<row>.json          one RowResult per finished row: a finished row is never rerun
+    rows/<row>.json          one RowResult per finished row (with each held-out problem's
+                             correctness, greedy and maj@k): a finished row is never rerun
     rows/<row>/              the row's work: pairs, training output, eval report (resumable)
     shared/rollouts-*.jsonl  rollouts of a start model, shared by rows starting from it
     registry/                the versions the rows trained
+    summary.json             every row of the last invocation, with its per-problem results
+    paired.json              the papers' orderings tested paired (trainer/experiment_claims.py)
     plots/*.png              chosen / rejected log-prob curves per trained row
 
 The budget (``--budget-minutes``) bounds the wall time of one invocation: a row whose
@@ -54,7 +57,8 @@ from agent.modelstore import EMBEDDED_SPEC
 from agent.runtime import Resources
 from agent.tasks import LEVELS
 from agent.trajectory import Mode
-from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, plot_curves
+from trainer.experiment_claims import evaluate_claims
+from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, correct_by_problem, plot_curves
 from trainer.runstate import write_json_durable
 from trainer.settings import TrainerSettings
 
@@ -312,7 +316,19 @@ class Experiment:
 
     def finished(self, name: str) -> RowResult | None:
         path = self.row_file(name)
-        return RowResult.model_validate_json(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        row = RowResult.model_validate_json(path.read_text())
+        cache = self.dir / "rows" / name / "eval.json"
+        if row.greedy_by_problem is None and cache.is_file():
+            # a row stored before per-problem results were recorded: its evaluation cache holds them
+            from agent.evaluate import EvalReport
+
+            outcomes = EvalReport.model_validate_json(cache.read_text()).outcomes
+            row.greedy_by_problem = correct_by_problem(outcomes, "greedy")
+            if outcomes and all(o.maj_correct is not None for o in outcomes):
+                row.maj_by_problem = correct_by_problem(outcomes, "maj")
+        return row
 
     # -- resources ------------------------------------------------------------------------------
     def split(self) -> tuple[list[Problem], list[Problem]]:
@@ -393,6 +409,8 @@ class Experiment:
         plot_curves(rows, self.dir, self.dir / "plots")
         write_json_durable(self.dir / "summary.json",
                            "[" + ",".join(r.model_dump_json() for r in rows) + "]")
+        write_json_durable(self.dir / "paired.json", "[" + ",".join(
+            c.model_dump_json() for c in evaluate_claims(rows, seed=self.config.seed)) + "]")
         return rows
 
     def _missing_dependency(self, spec: RowSpec) -> str | None:
@@ -466,6 +484,8 @@ class Experiment:
             name=spec.name, label=spec.label, status="done", start=start,
             greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=self.config.seed),
             maj=bootstrap_ci([bool(o.maj_correct) for o in report.outcomes], seed=self.config.seed),
+            greedy_by_problem=correct_by_problem(report.outcomes, "greedy"),
+            maj_by_problem=correct_by_problem(report.outcomes, "maj"),
             maj_k=self.config.maj_k, tool_call_rate=report.tool_call_rate,
             step_seconds={"eval": round(time.monotonic() - t0, 1)},
         )
@@ -667,6 +687,7 @@ class Experiment:
         return RowResult(
             name=spec.name, label=spec.label, status="done", start=start, version=version, loss=spec.loss,
             greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=c.seed),
+            greedy_by_problem=correct_by_problem(report.outcomes, "greedy"),
             tool_call_rate=report.tool_call_rate, train_steps=result.steps, loss_first=result.first_loss,
             loss_last=result.last.get("loss"), curves=str((out / "curves.jsonl").relative_to(self.dir)),
             step_seconds=times,

@@ -8,6 +8,7 @@ scipy.stats.bootstrap would add a dependency for the same thing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,7 +19,10 @@ from rich.table import Table
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from agent.evaluate import ProblemOutcome
+
 RowStatus = Literal["done", "skipped", "failed"]
+Measure = Literal["greedy", "maj"]  # what of a row a comparison reads: greedy decoding or maj@k
 
 
 class Accuracy(BaseModel):
@@ -60,6 +64,28 @@ class RowResult(BaseModel):
     curves: str | None = Field(None, description="curves.jsonl of the training, relative to the run directory")
     seconds: float = 0.0
     step_seconds: dict[str, float] = Field(default_factory=dict)
+    greedy_by_problem: dict[str, bool] | None = Field(
+        None, description="held-out problem id -> greedy answer correct (the paired comparisons read it); "
+        "None in rows stored before it was recorded")
+    maj_by_problem: dict[str, bool] | None = Field(None, description="problem id -> maj@k correct, where the row "
+                                                   "measures maj@k")
+
+    def by_problem(self, measure: Measure) -> dict[str, bool] | None:
+        """Per-problem correctness of ``measure`` (None where the row did not store it)."""
+        return self.greedy_by_problem if measure == "greedy" else self.maj_by_problem
+
+    def accuracy(self, measure: Measure) -> Accuracy | None:
+        return self.greedy if measure == "greedy" else self.maj
+
+    def measure_label(self, measure: Measure) -> str:
+        return self.label if measure == "greedy" else f"{self.label} maj@{self.maj_k or 'k'}"
+
+
+def correct_by_problem(outcomes: Sequence[ProblemOutcome], measure: Measure) -> dict[str, bool]:
+    """``problem id -> correct`` of an evaluation's outcomes (``agent.evaluate.ProblemOutcome``)."""
+    if measure == "greedy":
+        return {o.problem_id: bool(o.greedy_correct) for o in outcomes}
+    return {o.problem_id: bool(o.maj_correct) for o in outcomes}
 
 
 def bootstrap_ci(correct: list[bool], *, iters: int = 2000, seed: int = 0, level: float = 0.95) -> Accuracy:

@@ -36,6 +36,7 @@ def run_experiment_command(options: dict[str, Any]) -> int:
         resolve_scale,
         run_experiment,
     )
+    from trainer.experiment_claims import claims_table, evaluate_claims
     from trainer.experiment_report import table
     from trainer.registry import RegistryError
 
@@ -84,8 +85,13 @@ def run_experiment_command(options: dict[str, Any]) -> int:
     title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}; "
              "accuracy % with 95% bootstrap CI")
     Console(width=200).print(table(results, title=title))
+    claims = evaluate_claims(results, seed=config.seed)
+    if claims:
+        Console(width=200).print(claims_table(claims, title=(
+            "the papers' orderings, paired on the same held-out problems: b - a in points, 95% paired bootstrap "
+            "interval, McNemar's exact p; holds = b better at p < 0.05")))
     plots = sorted((run_dir / "plots").glob("*.png"))
     if plots:
         Console().print("log-prob curves: " + ", ".join(str(p) for p in plots))
-    Console().print(f"results: {run_dir / 'summary.json'}")
+    Console().print(f"results: {run_dir / 'summary.json'}, paired comparisons: {run_dir / 'paired.json'}")
     return 0

@@ -118,6 +118,13 @@ def test_budget_skips_rows_with_the_reason(tmp_path, tiny_model, monkeypatch):
     assert summary["mdpo_1"]["status"] == "skipped" and "warm-up" in summary["mdpo_1"]["reason"]
     assert summary["mdpo_2_prev"]["status"] == "skipped" and "starts from row mdpo_1" in summary["mdpo_2_prev"]["reason"]
     assert not list(run_dir.glob("rows/*.json"))  # nothing recorded: a rerun with a budget does every row
+    # the papers' orderings among the mdpo rows are listed, each unavailable with the reason
+    paired = {(c["lower_row"], c["higher_row"]): c for c in json.loads((run_dir / "paired.json").read_text())}
+    assert ("raft", "mdpo_1") in paired and ("mdpo_2_fixed", "mdpo_2_prev") in paired
+    assert ("dpo_1", "dpo_nll_1") not in paired  # an irpo claim: its rows are not in this family
+    assert paired[("raft", "mdpo_1")]["comparison"] is None
+    assert paired[("raft", "mdpo_1")]["unavailable"] == "raft skipped; mdpo_1 skipped"
+    assert "unavailable: raft skipped" in " ".join(result.output.split())
     bad = CliRunner().invoke(app, ["experiment", "ppo", "--run-dir", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "family" in bad.output
     bad = CliRunner().invoke(app, ["experiment", "mdpo", "--rows", "mdpo_1,dpo_9", "--run-dir", str(tmp_path / "bad")])
