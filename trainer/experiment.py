@@ -57,7 +57,7 @@ from agent.modelstore import EMBEDDED_SPEC
 from agent.runtime import Resources
 from agent.tasks import LEVELS
 from agent.trajectory import Mode
-from trainer.experiment_claims import evaluate_claims
+from trainer.experiment_claims import evaluate_claims, pool_seeds
 from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, correct_by_problem, plot_curves
 from trainer.runstate import write_json_durable
 from trainer.settings import TrainerSettings
@@ -106,7 +106,8 @@ class ExperimentConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
     max_length: int = Field(1024, ge=16, description="tokens per training sequence at most")
     concurrency: int = Field(8, ge=1, description="problems in flight during rollouts and evaluation")
-    seed: int = Field(0, description="data and sampling seed")
+    seed: int = Field(0, description="the seed of the training / held-out split (which problems), the rollouts, "
+                      "maj@k sampling and the training runs")
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -251,7 +252,7 @@ def experiment_split(config: ExperimentConfig, settings: TrainerSettings) -> tup
 
     request = RetrainRequest(dataset=config.dataset, data_dir=config.data_dir, train_limit=config.train_limit,
                              eval_limit=config.eval_limit, seed=config.seed)
-    split = dataset_split(resolve_recipe(settings, request))
+    split = dataset_split(resolve_recipe(settings, request), shuffle=True)
     return split.train, split.heldout
 
 
@@ -744,4 +745,40 @@ async def run_experiment(config: ExperimentConfig, run_dir: Path, settings: Trai
     return await Experiment(config, run_dir, settings, budget_s=budget_s, rows=rows, progress=progress).run()
 
 
-__all__ = ["ROWS", "Accuracy", "Experiment", "ExperimentConfig", "ExperimentError", "RowResult", "run_experiment"]
+def seed_dirs(run_dir: Path, first_seed: int, seeds: int) -> dict[int, Path]:
+    """The run directory of each seed (``first_seed``, ``first_seed + 1``, ...): ``run_dir`` itself
+    for one seed, ``run_dir/seed-<seed>`` for several."""
+    if seeds < 1:
+        raise ExperimentError("--seeds must be >= 1")
+    if seeds == 1:
+        return {first_seed: Path(run_dir)}
+    return {s: Path(run_dir) / f"seed-{s}" for s in range(first_seed, first_seed + seeds)}
+
+
+async def run_seeds(config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *, seeds: int,
+                    budget_s: float | None = None, rows: list[str] | None = None,
+                    progress: ShowProgress = _no_progress) -> dict[int, list[RowResult]]:
+    """The experiment once per seed (``config.seed`` and the next ``seeds - 1``; each seed changes
+    the split, the sampling and the training), each in its directory of :func:`seed_dirs`. The
+    budget bounds the whole invocation: each seed gets an equal share of what is left when it
+    starts (time one seed leaves unused goes to the next). With several seeds, ``run_dir/paired.json``
+    holds the claims pooled over them (:func:`trainer.experiment_claims.pool_seeds`)."""
+    t0 = time.monotonic()
+    dirs = seed_dirs(run_dir, config.seed, seeds)
+    out: dict[int, list[RowResult]] = {}
+    for i, (seed, d) in enumerate(dirs.items()):
+        share = None if budget_s is None else max(0.0, budget_s - (time.monotonic() - t0)) / (seeds - i)
+
+        def show(what: str, done: int, total: int, seed: int = seed) -> None:
+            progress(what if seeds == 1 else f"seed {seed}: {what}", done, total)
+
+        out[seed] = await run_experiment(config.model_copy(update={"seed": seed}), d, settings, budget_s=share,
+                                         rows=rows, progress=show)
+    if seeds > 1:
+        write_json_durable(Path(run_dir) / "paired.json", "[" + ",".join(
+            c.model_dump_json() for c in evaluate_claims(pool_seeds(out), seed=config.seed)) + "]")
+    return out
+
+
+__all__ = ["ROWS", "Accuracy", "Experiment", "ExperimentConfig", "ExperimentError", "RowResult", "run_experiment", "run_seeds",
+           "seed_dirs"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 from rich.table import Table
 
-from trainer.experiment_report import Measure, RowResult
+from trainer.experiment_report import Measure, RowResult, bootstrap_ci
 from trainer.paired import PairedComparison, compare
 
 
@@ -80,7 +80,7 @@ class ClaimResult(BaseModel):
 
 def _missing(row: RowResult, measure: Measure) -> str | None:
     if row.status != "done":
-        return f"{row.name} {row.status}"
+        return f"{row.name} {row.status}" + (f" ({row.reason})" if row.reason else "")
     if row.by_problem(measure) is None:
         return f"{row.name}: no per-problem results (stored before they were recorded)"
     return None
@@ -114,6 +114,57 @@ def evaluate_claims(
             out.append(ClaimResult(**head, unavailable="no problem in common"))
             continue
         out.append(ClaimResult(**head, comparison=compare(a, b, seed=seed)))
+    return out
+
+
+def pool_seeds(runs: dict[int, list[RowResult]]) -> list[RowResult]:
+    """The rows of several seeds' runs as one run whose problems are every seed's (keyed
+    ``<seed>/<problem id>``), for claims pooled over seeds: each seed's held-out problems were
+    answered by that seed's models, so a pooled claim asks whether the method (not one trained
+    model) orders the rows. A row is pooled where it is done with per-problem results in every
+    seed; otherwise it is kept as not done, with the seeds that lack it."""
+    if not runs:
+        return []
+    first = next(iter(runs.values()))
+    by_seed = {seed: {r.name: r for r in rows} for seed, rows in runs.items()}
+    out = []
+    for row in first:
+        per_seed = {seed: rows.get(row.name) for seed, rows in by_seed.items()}
+        lacking = [
+            str(s)
+            for s, r in per_seed.items()
+            if r is None or r.status != "done" or r.greedy_by_problem is None
+        ]
+        if lacking:
+            out.append(
+                RowResult(
+                    name=row.name,
+                    label=row.label,
+                    kind=row.kind,
+                    status="skipped",
+                    reason=f"not done with per-problem results in seed {', '.join(lacking)}",
+                )
+            )
+            continue
+        pooled: dict[str, dict[str, bool] | None] = {}
+        for measure in ("greedy", "maj"):
+            parts = {seed: r.by_problem(measure) for seed, r in per_seed.items() if r is not None}
+            pooled[measure] = (
+                None
+                if any(p is None for p in parts.values())
+                else {f"{seed}/{pid}": ok for seed, p in parts.items() if p for pid, ok in p.items()}
+            )
+        g, m = pooled["greedy"], pooled["maj"]
+        out.append(
+            row.model_copy(
+                update={
+                    "greedy_by_problem": g,
+                    "maj_by_problem": m,
+                    "greedy": bootstrap_ci(list(g.values())) if g else None,
+                    "maj": bootstrap_ci(list(m.values())) if m else None,
+                }
+            )
+        )
     return out
 
 

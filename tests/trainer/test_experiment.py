@@ -123,7 +123,8 @@ def test_budget_skips_rows_with_the_reason(tmp_path, tiny_model, monkeypatch):
     assert ("raft", "mdpo_1") in paired and ("mdpo_2_fixed", "mdpo_2_prev") in paired
     assert ("dpo_1", "dpo_nll_1") not in paired  # an irpo claim: its rows are not in this family
     assert paired[("raft", "mdpo_1")]["comparison"] is None
-    assert paired[("raft", "mdpo_1")]["unavailable"] == "raft skipped; mdpo_1 skipped"
+    assert paired[("raft", "mdpo_1")]["unavailable"] == ("raft skipped (starts from the warm-up row, not done); "
+                                                         "mdpo_1 skipped (starts from the warm-up row, not done)")
     assert "unavailable: raft skipped" in " ".join(result.output.split())
     bad = CliRunner().invoke(app, ["experiment", "ppo", "--run-dir", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "family" in bad.output

@@ -85,7 +85,7 @@ def test_irpo_rows_give_the_irpo_claims_paired():
     assert it12.relation == "<=" and it12.comparison is not None and not it12.holds
     assert it12.comparison.p_value == pytest.approx(2 / 16)  # 4 discordant, all one way: 2 * 1/2^4
     assert by[("dpo_nll_2", "dpo_nll_3")].comparison is None
-    assert by[("dpo_nll_2", "dpo_nll_3")].unavailable == "dpo_nll_3 skipped"
+    assert by[("dpo_nll_2", "dpo_nll_3")].unavailable == "dpo_nll_3 skipped (budget)"
 
     vote = by[("zero_shot", "zero_shot")]  # greedy vs maj@k of the same evaluation
     assert vote.lower == "zero shot" and vote.higher == "zero shot maj@4"
@@ -95,7 +95,7 @@ def test_irpo_rows_give_the_irpo_claims_paired():
 
     text = _render(results)
     assert "star < dpo nll 1" in text and "+22.5" in text and "0.0225" in text and "2/11" in text
-    assert "unavailable" in text and "dpo_nll_3 skipped" in text
+    assert "unavailable" in text and "dpo_nll_3 skipped (budget)" in text
     assert text.count("yes") == 2
 
 
