@@ -296,11 +296,11 @@ def srpo_pairs(
         if segments_check(t) is not None or segments_check(parent) is not None:
             counts["dropped_untrainable"] += 1
             continue
-        lo = example_from_trajectory(parent)
-        w = example_from_trajectory(t).with_prompt(lo.input_ids[: lo.prompt_len])
+        loser = example_from_trajectory(parent)
+        winner = example_from_trajectory(t).with_prompt(loser.input_ids[: loser.prompt_len])
         observed.setdefault(problem_key(parent), []).append(Pair(
-            problem_key=problem_key(parent), problem=parent.problem, mode=parent.mode, scheme=Scheme.srpo, chosen=w,
-            rejected=lo, chosen_text=t.response_text(), rejected_text=parent.response_text(), max_turns=max_turns,
+            problem_key=problem_key(parent), problem=parent.problem, mode=parent.mode, scheme=Scheme.srpo,
+            chosen=winner, rejected=loser, chosen_text=t.response_text(), rejected_text=parent.response_text(), max_turns=max_turns,
         ))
     groups = _group((t for t in trajs if t.parent_id is None), counts)
     for key, g in (gold or {}).items():
