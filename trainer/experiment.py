@@ -9,7 +9,10 @@ IRPO's DPO and DPO+NLL iteration 1, DPO+NLL iterations 2 and 3 (each starts from
 reference, the previous iteration's model, sampling fresh rollouts from it) and it.3's maj@k,
 M-DPO and M-KTO iteration 1, M-DPO iteration 2 with the reference fixed at the warm-up model vs
 set to iteration 1's model, and ScPO (pairs from the majority vote of the samples, gold labels
-dropped, weighted DPO+NLL).
+dropped, weighted DPO+NLL). The irpo family ends with SRPO's two rows: the DPO+NLL it.1 model
+answering greedily and then revising its answer ``revisions`` times with the revision prompt (an
+untrained reviser), and SRPO it.1 (the SRPO loss on revision pairs from the warm-up's rollouts,
+:func:`trainer.pairs.srpo_pairs`) measured the same way, with 0 and k revisions.
 
 Each row calls what the iteration driver (:mod:`trainer.iterate`) calls: the data split
 (:func:`trainer.collect.dataset_split`, or the graded task family :mod:`agent.tasks`),
@@ -65,7 +68,7 @@ from trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 Family = Literal["irpo", "mdpo"]
-RowKind = Literal["zero_shot", "vote", "sft_gold", "sft_correct", "preference"]
+RowKind = Literal["zero_shot", "vote", "sft_gold", "sft_correct", "preference", "revise"]
 DATASETS = ("tasks", "synthetic", "gsm8k", "math")
 KEEP_AFTER_PUBLISH = {"curves.jsonl", "train_result.json"}
 WARMUP = "warmup"  # RowSpec.start / ref: the warm-up row's model (the base model with --no-warmup)
@@ -101,6 +104,9 @@ class ExperimentConfig(BaseModel):
     lr: float = Field(5e-6, gt=0, description="learning rate of the preference rows")
     beta: float = Field(0.1, gt=0, description="DPO temperature")
     alpha: float = Field(1.0, ge=0, description="NLL coefficient of DPO+NLL")
+    srpo_alpha: float = Field(0.8, ge=0, le=1, description="SRPO: weight of the self-improvement loss against the "
+                              "generative one (convex; 0.8 as in the only public implementation)")
+    revisions: int = Field(2, ge=1, description="SRPO rows: greedy self-revisions after each held-out answer (k)")
     epochs: int = Field(1, ge=1, description="epochs over the pairs of the preference and STaR / RAFT rows")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per training")
     batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
@@ -182,7 +188,10 @@ class RowSpec:
     """One row of a comparison table.
 
     A ``vote`` row trains nothing: it measures maj@k of its ``start`` model (the papers'
-    "+ majority vote" rows; the zero-shot row does the same for the base model).
+    "+ majority vote" rows; the zero-shot row does the same for the base model). A ``revise`` row
+    trains nothing either: it measures its ``start`` model greedy and after ``revisions`` greedy
+    self-revisions (an untrained reviser, next to SRPO's). ``revise`` on a trained row: its
+    evaluation also measures the answers after the revisions.
 
     ``start`` is the model the row begins from: ``WARMUP`` (the SFT-on-gold row's model, or the
     base model with ``--no-warmup``) or the name of an earlier row whose trained model it
@@ -198,11 +207,12 @@ class RowSpec:
     label: str
     kind: RowKind
     loss: str | None = None
-    scheme: Literal["irpo", "mdpo", "scpo"] | None = None
+    scheme: Literal["irpo", "mdpo", "scpo", "srpo"] | None = None
     start: str = WARMUP
     ref: str | None = None
     iteration: int = 1
     mode: Mode = Mode.tir
+    revise: bool = False
 
 
 ROWS: dict[Family, list[RowSpec]] = {
@@ -220,6 +230,10 @@ ROWS: dict[Family, list[RowSpec]] = {
                 iteration=3),
         RowSpec("dpo_nll_3_vote", "DPO+NLL (IRPO) it.3", "vote", start="dpo_nll_3"),
         RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "preference", loss="dpo+nll", scheme="scpo"),
+        # SRPO (Choi et al.): the it.1 DPO+NLL model revising its own answers untrained, then a model
+        # trained with the SRPO loss on revision pairs from the same warm-up rollouts
+        RowSpec("dpo_nll_1_revise", "DPO+NLL (IRPO) it.1", "revise", start="dpo_nll_1"),
+        RowSpec("srpo_1", "SRPO it.1", "preference", loss="srpo", scheme="srpo", revise=True),
     ],
     "mdpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
@@ -329,6 +343,8 @@ class Experiment:
             row.greedy_by_problem = correct_by_problem(outcomes, "greedy")
             if outcomes and all(o.maj_correct is not None for o in outcomes):
                 row.maj_by_problem = correct_by_problem(outcomes, "maj")
+            if outcomes and all(o.revised_correct is not None for o in outcomes):
+                row.revised_by_problem = correct_by_problem(outcomes, "revised")
         return row
 
     # -- resources ------------------------------------------------------------------------------
@@ -416,7 +432,8 @@ class Experiment:
 
     def _missing_dependency(self, spec: RowSpec) -> str | None:
         """Why ``spec`` cannot run yet (a row it starts from or uses as reference is not done), or None."""
-        needs = [n for n in (spec.start if spec.kind in ("vote", "sft_correct", "preference") else None, spec.ref) if n]
+        needs = [n for n in (spec.start if spec.kind in ("vote", "sft_correct", "preference", "revise") else None,
+                             spec.ref) if n]
         for need in needs:
             row = "sft_gold" if need == WARMUP else need
             if (need != WARMUP or self.config.warmup) and self.finished(row) is None:
@@ -441,6 +458,8 @@ class Experiment:
             return await self.row_sft_gold(spec)
         if spec.kind == "sft_correct":
             return await self.row_sft_correct(spec)
+        if spec.kind == "revise":
+            return await self.row_revise(spec)
         return await self.row_preference(spec)
 
     # -- rows -----------------------------------------------------------------------------------
@@ -490,6 +509,24 @@ class Experiment:
             maj_k=self.config.maj_k, tool_call_rate=report.tool_call_rate,
             step_seconds={"eval": round(time.monotonic() - t0, 1)},
         )
+
+    async def row_revise(self, spec: RowSpec) -> RowResult:
+        """Greedy answers of the start model, then revised ``revisions`` times (nothing trained)."""
+        path, start, _ = self.model_of(spec.start)
+        t0 = time.monotonic()
+        report = await self._eval(spec, path, start.split()[-1], self.row_dir(spec.name) / "eval.json")
+        return RowResult(name=spec.name, label=spec.label, status="done", start=start, tool_call_rate=report.tool_call_rate,
+                         step_seconds={"eval": round(time.monotonic() - t0, 1)}, **self._measures(report))
+
+    def _measures(self, report: Any) -> dict[str, Any]:
+        """A RowResult's accuracies and per-problem results from an evaluation report."""
+        seed, outcomes = self.config.seed, report.outcomes
+        out: dict[str, Any] = dict(greedy=bootstrap_ci([o.greedy_correct for o in outcomes], seed=seed),
+                                   greedy_by_problem=correct_by_problem(outcomes, "greedy"))
+        if report.revisions:
+            out.update(revised=bootstrap_ci([bool(o.revised_correct) for o in outcomes], seed=seed),
+                       revised_by_problem=correct_by_problem(outcomes, "revised"), revisions=report.revisions)
+        return out
 
     async def row_sft_gold(self, spec: RowSpec) -> RowResult:
         """SFT on the gold solutions of the training problems, rendered as tool trajectories (the
@@ -615,7 +652,7 @@ class Experiment:
 
     async def row_preference(self, spec: RowSpec) -> RowResult:
         from trainer.io import write_pairs
-        from trainer.pairs import irpo_pairs, mdpo_pairs, scpo_pairs
+        from trainer.pairs import irpo_pairs, mdpo_pairs, scpo_pairs, srpo_pairs
 
         d = self.row_dir(spec.name)
         times: dict[str, float] = {}
@@ -626,6 +663,9 @@ class Experiment:
             # ScPO sees no gold labels: the grades are dropped, pairs come from the majority vote
             unlabelled = [t.model_copy(update={"correct": None, "gold": None}) for t in trajs]
             pair_set = scpo_pairs(unlabelled, max_length=self.config.max_length)
+        elif spec.scheme == "srpo":
+            pair_set = srpo_pairs(trajs, k=self.config.pairs_k, gold=gold, max_length=self.config.max_length,
+                                  max_turns=self.config.max_turns)
         else:
             pair_set = mdpo_pairs(trajs, max_length=self.config.max_length, seed=self.config.seed)
         head: dict[str, Any] = dict(name=spec.name, label=spec.label, start=start, loss=spec.loss,
@@ -652,7 +692,7 @@ class Experiment:
         ref = None if ref_path is None else str(ref_path)
         config = TrainConfig(
             pairs=d / "pairs.jsonl", out=out, model=str(start_path), ref_model=ref, state_dir=self.settings.state_dir, loss=spec.loss,
-            beta=c.beta, alpha=c.alpha, lr=lr, epochs=epochs or c.epochs, max_steps=c.max_steps,
+            beta=c.beta, alpha=c.srpo_alpha if spec.loss == "srpo" else c.alpha, lr=lr, epochs=epochs or c.epochs, max_steps=c.max_steps,
             per_device_batch_size=max(1, min(c.batch_size, n_pairs)), save_steps=10, max_length=c.max_length,
             seed=c.seed, resume=True, progress=False,
         )
@@ -687,9 +727,7 @@ class Experiment:
         times["eval"] = round(time.monotonic() - t0, 1)
         return RowResult(
             name=spec.name, label=spec.label, status="done", start=start, version=version, loss=spec.loss,
-            greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=c.seed),
-            greedy_by_problem=correct_by_problem(report.outcomes, "greedy"),
-            tool_call_rate=report.tool_call_rate, train_steps=result.steps, loss_first=result.first_loss,
+            **self._measures(report), tool_call_rate=report.tool_call_rate, train_steps=result.steps, loss_first=result.first_loss,
             loss_last=result.last.get("loss"), curves=str((out / "curves.jsonl").relative_to(self.dir)),
             step_seconds=times,
         )
@@ -710,13 +748,16 @@ class Experiment:
         sandbox = await self.resources.sandbox()
         engine = await self.resources.engine(path, version)
 
+        revises = spec.revise or spec.kind == "revise"
+
         async def on_done(done: int, total: int) -> None:
-            self.progress(f"{spec.label}: evaluating {version}", done, total)
+            what = f" with {self.config.revisions} revisions" if revises else ""
+            self.progress(f"{spec.label}: evaluating {version}{what}", done, total)
 
         try:
             report = await evaluate_engine(engine, sandbox, heldout, dataset=self.config.dataset,
                                            settings=self.resources.solver_settings(), concurrency=self.config.concurrency,
-                                           on_done=on_done)
+                                           on_done=on_done, revisions=self.config.revisions if revises else 0)
         finally:
             await engine.aclose()
         write_json_durable(cache, report.model_dump_json())

@@ -10,7 +10,9 @@ results were recorded, the claim is shown as unavailable with the reason.
 Sources (docs/algorithms.md): IRPO's table (SFT 63.5 < STaR 65.2 < IRPO it.1 73.1; DPO 61.8 <
 DPO+NLL 73.1; it.1 73.1 <= it.2 78.0 <= it.3 81.1; + majority vote of 32 above greedy); M-DPO's
 (SFT 77.5 < RAFT 79.2 < M-DPO it.1 81.5 <= it.2 82.5; fixed reference 79.9 < previous-iteration
-reference 82.5). "<=" marks the iteration chains, whose gains the papers show shrinking; every
+reference 82.5); SRPO's (a model trained for self-improvement revises better than a DPO-style model
+given the same revision prompt, and its own revisions improve on its first answer). "<=" marks the
+iteration chains, whose gains the papers show shrinking; every
 claim is tested the same way (b significantly better than a).
 """
 
@@ -56,6 +58,8 @@ CLAIMS: list[Claim] = [
     _vote("zero_shot_cot", "IRPO"),
     _vote("sft_gold_vote", "IRPO"),
     _vote("dpo_nll_3_vote", "IRPO"),
+    Claim("SRPO", "dpo_nll_1_revise", "srpo_1", "revised", "revised"),
+    Claim("SRPO", "srpo_1", "srpo_1", "greedy", "revised"),
 ]
 
 
@@ -146,25 +150,17 @@ def pool_seeds(runs: dict[int, list[RowResult]]) -> list[RowResult]:
                 )
             )
             continue
-        pooled: dict[str, dict[str, bool] | None] = {}
-        for measure in ("greedy", "maj"):
+        update: dict[str, object] = {}
+        for measure in ("greedy", "maj", "revised"):
             parts = {seed: r.by_problem(measure) for seed, r in per_seed.items() if r is not None}
-            pooled[measure] = (
+            pooled = (
                 None
                 if any(p is None for p in parts.values())
                 else {f"{seed}/{pid}": ok for seed, p in parts.items() if p for pid, ok in p.items()}
             )
-        g, m = pooled["greedy"], pooled["maj"]
-        out.append(
-            row.model_copy(
-                update={
-                    "greedy_by_problem": g,
-                    "maj_by_problem": m,
-                    "greedy": bootstrap_ci(list(g.values())) if g else None,
-                    "maj": bootstrap_ci(list(m.values())) if m else None,
-                }
-            )
-        )
+            update[f"{measure}_by_problem"] = pooled
+            update[measure] = bootstrap_ci(list(pooled.values())) if pooled else None
+        out.append(row.model_copy(update=update))
     return out
 
 

@@ -10,15 +10,21 @@ from rich.console import Console
 
 from trainer.experiment import ROWS, Experiment, experiment_config
 from trainer.experiment_claims import CLAIMS, claims_table, evaluate_claims
-from trainer.experiment_report import RowResult, bootstrap_ci
+from trainer.experiment_report import RowResult, bootstrap_ci, table
 
 N = 40
 
 
 def _row(
-    name: str, solved: range | list[int], *, maj: range | list[int] | None = None, **kw: object
+    name: str,
+    solved: range | list[int],
+    *,
+    maj: range | list[int] | None = None,
+    revised: range | list[int] | None = None,
+    **kw: object,
 ) -> RowResult:
-    """A done row that solved the held-out problems whose index is in ``solved`` (of p00..p39)."""
+    """A done row that solved the held-out problems whose index is in ``solved`` (of p00..p39)
+    (and ``maj``, ``revised``: those it solved by maj@4, after 2 revisions)."""
     greedy = {f"p{i:02d}": i in solved for i in range(N)}
     head: dict = dict(
         name=name,
@@ -30,6 +36,9 @@ def _row(
     if maj is not None:
         m = {f"p{i:02d}": i in maj for i in range(N)}
         head.update(maj=bootstrap_ci(list(m.values())), maj_by_problem=m, maj_k=4)
+    if revised is not None:
+        r = {f"p{i:02d}": i in revised for i in range(N)}
+        head.update(revised=bootstrap_ci(list(r.values())), revised_by_problem=r, revisions=2)
     return RowResult(**{**head, **kw})
 
 
@@ -147,3 +156,27 @@ def test_a_stored_row_without_per_problem_results_reads_them_from_its_eval_cache
     row = run.finished("sft_gold_vote")
     assert row is not None
     assert row.greedy_by_problem == {"a": True, "b": False} and row.maj_by_problem == {"a": False, "b": True}
+
+
+def test_srpo_claims_compare_the_answers_after_revisions():
+    # the untrained reviser loses 2 of its 20; SRPO: 18 right first, 26 after its revisions
+    rows = [
+        _row("dpo_nll_1", range(20)),
+        _row("dpo_nll_1_revise", range(20), revised=range(18), kind="revise"),
+        _row("srpo_1", range(18), revised=range(26)),
+    ]
+    results = evaluate_claims(rows)
+    by = {(r.lower, r.higher): r for r in results}
+    assert list(by) == [
+        ("dpo nll 1 revise + 2 revisions", "srpo 1 + 2 revisions"),
+        ("srpo 1", "srpo 1 + 2 revisions"),
+    ]
+    for r in by.values():  # both: 0 vs 8 discordant, p = 2 / 2^8
+        assert r.comparison is not None and (r.comparison.only_a, r.comparison.only_b) == (0, 8)
+        assert r.comparison.p_value == pytest.approx(2 / 256) and r.holds
+    # the main table: a revise row shows only its revised accuracy (its greedy one is its start row's)
+    out = io.StringIO()
+    Console(file=out, width=250).print(table(rows, title="t"))
+    lines = [ln for ln in out.getvalue().splitlines() if "revis" in ln]
+    assert len(lines) == 2 and "dpo nll 1 revise + 2 revisions" in lines[0] and "45.0" in lines[0]
+    assert "srpo 1 + 2 revisions" in lines[1] and "65.0" in lines[1]
