@@ -62,9 +62,10 @@ def run_experiment_command(options: dict[str, Any]) -> int:
     if seeds > 1:
         console.print(f"[dim]seeds {', '.join(map(str, dirs))}: one run each, in {', '.join(str(d) for d in dirs.values())}[/]")
     levels_note = f" levels {','.join(map(str, config.levels))}" if config.dataset == "tasks" else ""
-    console.print(f"[dim]{config.dataset}{levels_note}: {config.train_limit} training / {config.eval_limit} held-out "
+    test_note = " test-split" if config.dataset != "tasks" and config.eval_split == "test" else ""
+    console.print(f"[dim]{config.dataset}{levels_note}: {config.train_limit} training / {config.eval_limit}{test_note} held-out "
                   f"problems, {config.samples} samples each, maj@{config.maj_k}, batch {config.batch_size}, warm-up "
-                  f"{config.warmup_epochs} epochs; budget "
+                  f"{config.warmup_epochs} epochs, {config.max_new_tokens} tokens per turn; budget "
                   f"{'none' if budget_s is None else f'{budget_minutes:g} min'}[/]")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:

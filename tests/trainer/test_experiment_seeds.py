@@ -47,7 +47,14 @@ def test_seed_shuffles_a_dataset_split_and_seed_zero_keeps_the_file_order(tmp_pa
 
     def split(seed: int):
         cfg = experiment_config(
-            "irpo", "cpu", dataset="gsm8k", data_dir=tmp_path / "data", seed=seed, train_limit=5, eval_limit=5
+            "irpo",
+            "cpu",
+            dataset="gsm8k",
+            data_dir=tmp_path / "data",
+            seed=seed,
+            train_limit=5,
+            eval_limit=5,
+            eval_split="train",
         )
         return experiment_split(cfg, settings)
 
@@ -135,3 +142,45 @@ def test_seeds_option_runs_each_seed_in_its_directory(tmp_path, tiny_model, monk
     assert pooled and all(c["comparison"] is None for c in pooled)  # nothing ran at budget 0
     bad = CliRunner().invoke(app, ["experiment", "mdpo", "--seeds", "0", "--run-dir", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--seeds must be >= 1" in bad.output
+
+
+def _gsm8k_dir(tmp_path, n_train: int = 30, n_test: int = 12):
+    d = tmp_path / "data" / "gsm8k"
+    d.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        rows = [
+            {
+                "question": f"{split} {i}: what is {i} + 1?",
+                "answer": f"<<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}",
+            }
+            for i in range(n)
+        ]
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "data"
+
+
+def test_held_out_problems_from_the_test_split(tmp_path):
+    from trainer.experiment import ExperimentError
+
+    settings = TrainerSettings(state_dir=tmp_path / "state")
+    data = _gsm8k_dir(tmp_path)
+
+    def split(**kw):
+        cfg = experiment_config("irpo", "cpu", dataset="gsm8k", data_dir=data, train_limit=5, **kw)
+        return experiment_split(cfg, settings)
+
+    train, held = split(eval_limit=4)  # the gsm8k preset: eval_split test
+    assert [p.problem for p in train] == [f"train {i}: what is {i} + 1?" for i in range(5)]
+    assert [p.problem for p in held] == [f"test {i}: what is {i} + 1?" for i in range(4)]
+    train1, held1 = split(eval_limit=4, seed=1)
+    assert {p.problem for p in held1} <= {f"test {i}: what is {i} + 1?" for i in range(12)}
+    assert [p.problem for p in held1] != [p.problem for p in held] and [p.id for p in train1] != [
+        p.id for p in train
+    ]
+    with pytest.raises(ExperimentError, match="test split has 12 problems, fewer than 13"):
+        split(eval_limit=13)
+    with pytest.raises(ExperimentError, match="needs gsm8k or math"):
+        experiment_split(experiment_config("irpo", "cpu", dataset="synthetic", eval_split="test"), settings)
+    # eval_split train: held out from the end of the train split, as before
+    _, held_train = split(eval_limit=4, eval_split="train")
+    assert [p.problem for p in held_train] == [f"train {i}: what is {i} + 1?" for i in range(26, 30)]

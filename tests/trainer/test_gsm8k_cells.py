@@ -167,3 +167,87 @@ def _first(tokenizer):
     return Trajectory(
         problem="p", segments=[Segment(kind=SegmentKind.prompt, text="the prompt", token_ids=ids)]
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_gsm8k_warm_up_trains_on_the_verified_cells_end_to_end(tmp_path, tiny_model, monkeypatch):
+    """``experiment irpo --dataset gsm8k``: the warm-up's gold trajectories are the rationales' cells,
+    run in a real sandbox; the rows are measured on the test split."""
+    from typer.testing import CliRunner
+
+    from mathagent.cli import app
+
+    for k, v in {
+        "MATHAGENT_STATE_DIR": str(tmp_path / "state"),
+        "MATHAGENT_DEV": "1",
+        "MATHAGENT_SANDBOX_URL": f"unix://{tmp_path / 'sbx' / 'sandbox.sock'}",
+    }.items():
+        monkeypatch.setenv(k, v)  # no sandbox at the URL: the run starts an ephemeral one
+    d = tmp_path / "data" / "gsm8k"
+    d.mkdir(parents=True)
+    train = [
+        {
+            "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+            "May. How many clips did Natalia sell altogether in April and May?",
+            "answer": NATALIA,
+        },
+        {
+            "question": "There are 25 roses in a garden. There are 40 tulips. There are 35 daisies. What percentage "
+            "of flowers are not roses?",
+            "answer": ROSES,
+        },
+    ]
+    test = [
+        {"question": f"What is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
+        for i in range(3)
+    ]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            "irpo",
+            "--dataset",
+            "gsm8k",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--model",
+            str(tiny_model),
+            "--rows",
+            "sft_gold",
+            "--train-limit",
+            "2",
+            "--eval-limit",
+            "3",
+            "--max-turns",
+            "1",
+            "--max-new-tokens",
+            "16",
+            "--warmup-epochs",
+            "1",
+            "--max-length",
+            "1024",
+            "--run-dir",
+            str(run_dir),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads((run_dir / "rows" / "sft_gold.json").read_text())
+    assert row["status"] == "done" and row["pairs"] == 2
+    assert sorted(row["greedy_by_problem"]) == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]  # the test split's rows
+    pairs = [
+        json.loads(line) for line in (run_dir / "rows" / "sft_gold" / "pairs.jsonl").read_text().splitlines()
+    ]
+    for p in pairs:
+        mask = p["chosen"]["loss_mask"][p["chosen"]["prompt_len"] :]
+        assert 0 in mask and mask[0] == 1 and mask[-1] == 1  # model, the sandbox's output (masked), model
+    from agent.modelstore import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    text = tok.decode(pairs[0]["chosen"]["input_ids"])
+    assert (
+        "```python\ns1 = 48/2\ns2 = 48+24\nprint(s1, s2)\n```" in text and "```output\n24.0 72\n```" in text
+    )
