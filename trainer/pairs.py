@@ -7,7 +7,8 @@ problems, trajectories and pairs each filter removed). Common steps:
 - trajectories are grouped by problem (``problem_id``, else the problem text);
 - evaluation trajectories (``source="eval"``) are never trained on (held-out leakage);
 - chat turns with context (a client's system prompt, earlier turns) are never trained on: their
-  prompt is not their problem's (``Trajectory.standalone``);
+  prompt is not their problem's (``Trajectory.standalone``); nor are self-revisions (their prompt
+  shows an earlier attempt), except by :func:`srpo_pairs`, which pairs them with what they revised;
 - trajectories that cannot be trained on (no prompt first, no model token) are dropped;
 - identical responses (same token ids after the prompt) are deduplicated within a problem.
 
@@ -82,6 +83,9 @@ def _group(
             continue
         if not traj.standalone:  # a chat turn with context: its prompt is not the problem's (agent/conversation.py)
             counts["dropped_conversation"] += 1
+            continue
+        if traj.parent_id is not None:  # a self-revision: its prompt is the revision prompt (srpo_pairs uses them)
+            counts["dropped_revision"] += 1
             continue
         if segments_check(traj) is not None:
             counts["dropped_untrainable"] += 1

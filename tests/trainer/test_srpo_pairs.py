@@ -143,3 +143,13 @@ def test_the_six_srpo_sequences_show_the_loser_and_the_winner_in_revision_prompt
         revision_prompt_ids(tokenizer, pair.model_copy(update={"max_turns": None}), pair.rejected_text)
     )
     assert "at most 6 python blocks" in default
+
+
+def test_the_other_builders_never_pair_a_revision_with_an_ordinary_sample():
+    from trainer.pairs import irpo_pairs
+
+    wrong = t(30, correct=False, pid="q2")
+    revised = t(31, correct=True, pid="q2", prompt=R, parent_id=wrong.id)
+    ps = irpo_pairs([wrong, revised, t(32, correct=True, pid="q2")], k=2)
+    assert ids(ps.pairs) == [(32, 30), (32, 30)]  # the revision (another prompt) is not a winner here
+    assert ps.counts["dropped_revision"] == 1
