@@ -28,6 +28,8 @@ class ProblemOutcome(BaseModel):
     maj_answer: str | None = None
     maj_correct: bool | None = None
     top_share: float | None = None
+    revised_answer: str | None = Field(None, description="the greedy answer after the revisions, when asked for")
+    revised_correct: bool | None = None
 
 
 class EvalReport(BaseModel):
@@ -37,6 +39,8 @@ class EvalReport(BaseModel):
     samples: int
     greedy_accuracy: float
     maj_accuracy: float | None = Field(None, description="maj@k when samples > 1")
+    revisions: int = Field(0, description="self-revisions after each greedy answer (SRPO's revision prompt)")
+    revised_accuracy: float | None = Field(None, description="greedy accuracy after the revisions, when revisions > 0")
     tool_call_rate: float = Field(description="share of greedy trajectories with at least one tool call")
     elapsed_s: float
     trajectories_path: str | None = None
@@ -58,8 +62,11 @@ async def evaluate(
     out_path: Path | None = None,
     seed: int = 0,
     on_done: Callable[[ProblemOutcome], None] | None = None,
+    revisions: int = 0,
 ) -> EvalReport:
-    """Greedy (and, with ``samples`` > 1, maj@k at the solver's sampling temperature) accuracy."""
+    """Greedy (and, with ``samples`` > 1, maj@k at the solver's sampling temperature) accuracy.
+    ``revisions`` > 0: the greedy answer is revised that many times, greedily, with the SRPO
+    revision prompt; the outcome holds both the first answer and the last revision's."""
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(concurrency)
     out = open(out_path, "a", encoding="utf-8") if out_path is not None else None  # noqa: SIM115
@@ -75,12 +82,16 @@ async def evaluate(
         nonlocal tool_calls
         m = _mode_for(p, mode)
         async with sem:
-            greedy = await solver.solve(p.problem, gold=p.gold, mode=m, source=Source.eval, problem_id=p.id)
+            greedy = await solver.solve(p.problem, gold=p.gold, mode=m, source=Source.eval, problem_id=p.id,
+                                        revisions=revisions)
             write(greedy)
-            tool_calls += int(greedy.trajectories[0].n_tool_calls > 0)
+            first = next(t for t in greedy.trajectories if t.parent_id is None)  # the answer before any revision
+            tool_calls += int(first.n_tool_calls > 0)
             outcome = ProblemOutcome(
-                problem_id=p.id, gold=p.gold, greedy_answer=greedy.answer, greedy_correct=bool(greedy.correct)
+                problem_id=p.id, gold=p.gold, greedy_answer=first.answer, greedy_correct=bool(first.correct)
             )
+            if revisions:
+                outcome.revised_answer, outcome.revised_correct = greedy.answer, bool(greedy.correct)
             if samples > 1:
                 maj = await solver.solve(
                     p.problem, gold=p.gold, mode=m, samples=samples, source=Source.eval, problem_id=p.id,
@@ -106,6 +117,8 @@ async def evaluate(
         samples=samples,
         greedy_accuracy=sum(o.greedy_correct for o in outcomes) / n if n else 0.0,
         maj_accuracy=(sum(bool(o.maj_correct) for o in outcomes) / n if n else 0.0) if samples > 1 else None,
+        revisions=revisions,
+        revised_accuracy=(sum(bool(o.revised_correct) for o in outcomes) / n if n else 0.0) if revisions else None,
         tool_call_rate=tool_calls / n if n else 0.0,
         elapsed_s=time.perf_counter() - t0,
         trajectories_path=str(out_path) if out_path is not None else None,

@@ -178,8 +178,10 @@ def iterate(**options: Any) -> None:
     field_options(ExperimentConfig, exclude={"family"}, unset=True, help_suffix=preset_help()),
     [option("scale", Literal["auto", "cpu", "gpu"], "auto", "defaults for the sizes and budget: cpu, gpu, or auto "
             "(gpu when CUDA is available); an option given explicitly wins"),
-     option("budget_minutes", float | None, None, "wall-time bound: rows that do not fit are skipped "
-            "(default 110); inf = no bound"),
+     option("budget_minutes", float | None, None, "wall-time bound of the whole invocation: rows that do not fit "
+            "are skipped (default 110 per seed; several seeds share it equally); inf = no bound"),
+     option("seeds", int, 1, "run the experiment for this many seeds (--seed, --seed + 1, ...), each in "
+            "RUN_DIR/seed-<seed>, and report each and the orderings pooled over them"),
      option("rows", str | None, None, "run only these rows (comma-separated names, e.g. zero_shot,sft_gold)"),
      option("run_dir", Path | None, None, "run directory; the same one resumes (finished rows are kept)")],
 )

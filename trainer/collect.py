@@ -51,12 +51,14 @@ class Split(BaseModel):
     heldout: list[Problem]
 
 
-def dataset_split(recipe: Recipe) -> Split:
+def dataset_split(recipe: Recipe, *, shuffle: bool = False) -> Split:
     """Training problems and disjoint held-out problems of the recipe's data set.
 
     synthetic: two generator seeds (texts of the training set removed from the held-out one);
     gsm8k / math: the first ``train_limit`` rows of the train split for training and its last
     ``eval_limit`` rows held out (IRPO selects on held-out training problems, never the test set).
+    ``shuffle``: gsm8k / math rows are first shuffled with the recipe's seed, so another seed
+    draws other problems (seed 0 keeps the file order: the split of runs made before this).
     """
     if recipe.dataset == "synthetic":
         train = synthetic_problems(recipe.train_limit, seed=recipe.seed)
@@ -70,6 +72,11 @@ def dataset_split(recipe: Recipe) -> Split:
             f"{recipe.dataset} train split has {len(rows)} problems: train_limit {recipe.train_limit} + "
             f"eval_limit {recipe.eval_limit} do not fit"
         )
+    if shuffle and recipe.seed != 0:
+        import random
+
+        rows = list(rows)
+        random.Random(f"split-{recipe.seed}").shuffle(rows)
     return Split(train=rows[: recipe.train_limit], heldout=rows[len(rows) - recipe.eval_limit :])
 
 

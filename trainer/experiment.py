@@ -9,7 +9,10 @@ IRPO's DPO and DPO+NLL iteration 1, DPO+NLL iterations 2 and 3 (each starts from
 reference, the previous iteration's model, sampling fresh rollouts from it) and it.3's maj@k,
 M-DPO and M-KTO iteration 1, M-DPO iteration 2 with the reference fixed at the warm-up model vs
 set to iteration 1's model, and ScPO (pairs from the majority vote of the samples, gold labels
-dropped, weighted DPO+NLL).
+dropped, weighted DPO+NLL). The irpo family ends with SRPO's two rows: the DPO+NLL it.1 model
+answering greedily and then revising its answer ``revisions`` times with the revision prompt (an
+untrained reviser), and SRPO it.1 (the SRPO loss on revision pairs from the warm-up's rollouts,
+:func:`trainer.pairs.srpo_pairs`) measured the same way, with 0 and k revisions.
 
 Each row calls what the iteration driver (:mod:`trainer.iterate`) calls: the data split
 (:func:`trainer.collect.dataset_split`, or the graded task family :mod:`agent.tasks`),
@@ -23,10 +26,13 @@ registry inside the run directory so experiments never touch the served model's)
 Run directory::
 
     config.json              the experiment's config; a rerun with another config is refused
-    rows/<row>.json          one RowResult per finished row: a finished row is never rerun
+    rows/<row>.json          one RowResult per finished row (with each held-out problem's
+                             correctness, greedy and maj@k): a finished row is never rerun
     rows/<row>/              the row's work: pairs, training output, eval report (resumable)
     shared/rollouts-*.jsonl  rollouts of a start model, shared by rows starting from it
     registry/                the versions the rows trained
+    summary.json             every row of the last invocation, with its per-problem results
+    paired.json              the papers' orderings tested paired (trainer/experiment_claims.py)
     plots/*.png              chosen / rejected log-prob curves per trained row
 
 The budget (``--budget-minutes``) bounds the wall time of one invocation: a row whose
@@ -54,14 +60,15 @@ from agent.modelstore import EMBEDDED_SPEC
 from agent.runtime import Resources
 from agent.tasks import LEVELS
 from agent.trajectory import Mode
-from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, plot_curves
+from trainer.experiment_claims import evaluate_claims, pool_seeds
+from trainer.experiment_report import Accuracy, RowResult, bootstrap_ci, correct_by_problem, plot_curves
 from trainer.runstate import write_json_durable
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
 Family = Literal["irpo", "mdpo"]
-RowKind = Literal["zero_shot", "vote", "sft_gold", "sft_correct", "preference"]
+RowKind = Literal["zero_shot", "vote", "sft_gold", "sft_correct", "preference", "revise"]
 DATASETS = ("tasks", "synthetic", "gsm8k", "math")
 KEEP_AFTER_PUBLISH = {"curves.jsonl", "train_result.json"}
 WARMUP = "warmup"  # RowSpec.start / ref: the warm-up row's model (the base model with --no-warmup)
@@ -85,6 +92,9 @@ class ExperimentConfig(BaseModel):
     model: str = Field(EMBEDDED_SPEC, description="model spec: smollm2, a checkpoint directory or a hub id")
     train_limit: int = Field(32, ge=1, description="training problems")
     eval_limit: int = Field(40, ge=1, description="held-out problems every row is measured on")
+    eval_split: Literal["train", "test"] = Field(
+        "train", description="where gsm8k / math held-out problems come from: train (the train split's last rows, "
+        "disjoint from the training problems) or test (the test split, what the papers report)")
     samples: int = Field(4, ge=2, description="rollouts per training problem (IRPO's N)")
     maj_k: int = Field(4, ge=2, description="samples of the maj@k rows")
     temperature: float = Field(0.8, ge=0, description="rollout and maj@k temperature")
@@ -97,12 +107,16 @@ class ExperimentConfig(BaseModel):
     lr: float = Field(5e-6, gt=0, description="learning rate of the preference rows")
     beta: float = Field(0.1, gt=0, description="DPO temperature")
     alpha: float = Field(1.0, ge=0, description="NLL coefficient of DPO+NLL")
+    srpo_alpha: float = Field(0.8, ge=0, le=1, description="SRPO: weight of the self-improvement loss against the "
+                              "generative one (convex; 0.8 as in the only public implementation)")
+    revisions: int = Field(2, ge=1, description="SRPO rows: greedy self-revisions after each held-out answer (k)")
     epochs: int = Field(1, ge=1, description="epochs over the pairs of the preference and STaR / RAFT rows")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps at most per training")
     batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
     max_length: int = Field(1024, ge=16, description="tokens per training sequence at most")
     concurrency: int = Field(8, ge=1, description="problems in flight during rollouts and evaluation")
-    seed: int = Field(0, description="data and sampling seed")
+    seed: int = Field(0, description="the seed of the training / held-out split (which problems), the rollouts, "
+                      "maj@k sampling and the training runs")
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -136,6 +150,17 @@ FAMILY_SCALES: dict[tuple[Scale, Family], dict[str, Any]] = {
 }
 
 
+# What a real data set changes at a scale (the real-data track). gsm8k: held out from the test split
+# (the papers' measure), n = 200 at the cpu scale for the paired tests; 256 tokens per model turn:
+# a GSM8K rationale's first turn as the cold start writes it (its reasoning and its cell,
+# trainer/gsm8k_cells.py) took 126 SmolLM2 tokens at the median and 211 at the 90th percentile (the
+# first 3000 train rows), so 128 would cut half of them and 256 fits 96%.
+DATASET_SCALES: dict[tuple[Scale, str], dict[str, Any]] = {
+    ("cpu", "gsm8k"): {"eval_split": "test", "eval_limit": 200, "max_new_tokens": 256},
+    ("gpu", "gsm8k"): {"eval_split": "test", "max_new_tokens": 256},
+}
+
+
 def resolve_scale(scale: Scale | Literal["auto"]) -> Scale:
     """``auto``: gpu when CUDA is available."""
     if scale != "auto":
@@ -145,14 +170,16 @@ def resolve_scale(scale: Scale | Literal["auto"]) -> Scale:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def scale_defaults(scale: Scale, family: Family) -> dict[str, Any]:
-    """The fields a scale and family set (an explicitly given option wins over them)."""
-    return {**SCALES[scale], **FAMILY_SCALES.get((scale, family), {})}
+def scale_defaults(scale: Scale, family: Family, dataset: str = "tasks") -> dict[str, Any]:
+    """The fields a scale, family and data set set (an explicitly given option wins over them)."""
+    return {**SCALES[scale], **FAMILY_SCALES.get((scale, family), {}), **DATASET_SCALES.get((scale, dataset), {})}
 
 
 def experiment_config(family: Family, scale: Scale, **given: Any) -> ExperimentConfig:
-    """The config of ``family`` at ``scale``: the defaults, what the scale changes, what was given."""
-    return ExperimentConfig(family=family, **{**scale_defaults(scale, family), **given})
+    """The config of ``family`` at ``scale``: the defaults, what the scale (and the data set) change,
+    what was given."""
+    defaults = scale_defaults(scale, family, given.get("dataset") or "tasks")
+    return ExperimentConfig(family=family, **{**defaults, **given})
 
 
 def preset_help() -> dict[str, str]:
@@ -165,6 +192,9 @@ def preset_help() -> dict[str, str]:
         for name, value in values.items():
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
             notes.setdefault(name, []).append(f"{scale} {family} {shown}")
+    for (scale, dataset), values in DATASET_SCALES.items():
+        for name, value in values.items():
+            notes.setdefault(name, []).append(f"{scale} {dataset} {value}")
     return {name: "; ".join(v) for name, v in notes.items()}
 
 
@@ -177,7 +207,10 @@ class RowSpec:
     """One row of a comparison table.
 
     A ``vote`` row trains nothing: it measures maj@k of its ``start`` model (the papers'
-    "+ majority vote" rows; the zero-shot row does the same for the base model).
+    "+ majority vote" rows; the zero-shot row does the same for the base model). A ``revise`` row
+    trains nothing either: it measures its ``start`` model greedy and after ``revisions`` greedy
+    self-revisions (an untrained reviser, next to SRPO's). ``revise`` on a trained row: its
+    evaluation also measures the answers after the revisions.
 
     ``start`` is the model the row begins from: ``WARMUP`` (the SFT-on-gold row's model, or the
     base model with ``--no-warmup``) or the name of an earlier row whose trained model it
@@ -193,11 +226,12 @@ class RowSpec:
     label: str
     kind: RowKind
     loss: str | None = None
-    scheme: Literal["irpo", "mdpo", "scpo"] | None = None
+    scheme: Literal["irpo", "mdpo", "scpo", "srpo"] | None = None
     start: str = WARMUP
     ref: str | None = None
     iteration: int = 1
     mode: Mode = Mode.tir
+    revise: bool = False
 
 
 ROWS: dict[Family, list[RowSpec]] = {
@@ -215,6 +249,10 @@ ROWS: dict[Family, list[RowSpec]] = {
                 iteration=3),
         RowSpec("dpo_nll_3_vote", "DPO+NLL (IRPO) it.3", "vote", start="dpo_nll_3"),
         RowSpec("scpo_1", "ScPO it.1 (no gold labels)", "preference", loss="dpo+nll", scheme="scpo"),
+        # SRPO (Choi et al.): the it.1 DPO+NLL model revising its own answers untrained, then a model
+        # trained with the SRPO loss on revision pairs from the same warm-up rollouts
+        RowSpec("dpo_nll_1_revise", "DPO+NLL (IRPO) it.1", "revise", start="dpo_nll_1"),
+        RowSpec("srpo_1", "SRPO it.1", "preference", loss="srpo", scheme="srpo", revise=True),
     ],
     "mdpo": [
         RowSpec("zero_shot", "zero-shot", "zero_shot"),
@@ -234,7 +272,8 @@ ROWS: dict[Family, list[RowSpec]] = {
 
 
 def experiment_split(config: ExperimentConfig, settings: TrainerSettings) -> tuple[list[Problem], list[Problem]]:
-    """Training problems and disjoint held-out problems."""
+    """Training problems and disjoint held-out problems (for gsm8k / math with ``eval_split`` test:
+    from the train and the test split)."""
     if config.dataset == "tasks":
         from agent.tasks import task_problems
 
@@ -247,8 +286,28 @@ def experiment_split(config: ExperimentConfig, settings: TrainerSettings) -> tup
 
     request = RetrainRequest(dataset=config.dataset, data_dir=config.data_dir, train_limit=config.train_limit,
                              eval_limit=config.eval_limit, seed=config.seed)
-    split = dataset_split(resolve_recipe(settings, request))
-    return split.train, split.heldout
+    recipe = resolve_recipe(settings, request)
+    if config.eval_split == "train":
+        split = dataset_split(recipe, shuffle=True)
+        return split.train, split.heldout
+    if config.dataset not in ("gsm8k", "math"):
+        raise ExperimentError(f"--eval-split test needs gsm8k or math, not {config.dataset}")
+    from agent.datasets import load_problems
+
+    # the training problems: the train split's first rows (or a seeded draw), all of it usable here
+    # since nothing is held out of it; the held-out ones: the test split's first rows (or a seeded draw)
+    def draw(split: str, n: int) -> list[Problem]:
+        rows = load_problems(config.dataset, split, data_dir=recipe.data_dir)
+        if n > len(rows):
+            raise ExperimentError(f"{config.dataset} {split} split has {len(rows)} problems, fewer than {n}")
+        if config.seed != 0:
+            import random
+
+            rows = list(rows)
+            random.Random(f"{split}-{config.seed}").shuffle(rows)
+        return rows[:n]
+
+    return draw("train", config.train_limit), draw("test", config.eval_limit)
 
 
 ShowProgress = Callable[[str, int, int], None]  # (what is happening, done, total): the experiment's progress line
@@ -312,7 +371,21 @@ class Experiment:
 
     def finished(self, name: str) -> RowResult | None:
         path = self.row_file(name)
-        return RowResult.model_validate_json(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        row = RowResult.model_validate_json(path.read_text())
+        cache = self.dir / "rows" / name / "eval.json"
+        if row.greedy_by_problem is None and cache.is_file():
+            # a row stored before per-problem results were recorded: its evaluation cache holds them
+            from agent.evaluate import EvalReport
+
+            outcomes = EvalReport.model_validate_json(cache.read_text()).outcomes
+            row.greedy_by_problem = correct_by_problem(outcomes, "greedy")
+            if outcomes and all(o.maj_correct is not None for o in outcomes):
+                row.maj_by_problem = correct_by_problem(outcomes, "maj")
+            if outcomes and all(o.revised_correct is not None for o in outcomes):
+                row.revised_by_problem = correct_by_problem(outcomes, "revised")
+        return row
 
     # -- resources ------------------------------------------------------------------------------
     def split(self) -> tuple[list[Problem], list[Problem]]:
@@ -393,11 +466,14 @@ class Experiment:
         plot_curves(rows, self.dir, self.dir / "plots")
         write_json_durable(self.dir / "summary.json",
                            "[" + ",".join(r.model_dump_json() for r in rows) + "]")
+        write_json_durable(self.dir / "paired.json", "[" + ",".join(
+            c.model_dump_json() for c in evaluate_claims(rows, seed=self.config.seed)) + "]")
         return rows
 
     def _missing_dependency(self, spec: RowSpec) -> str | None:
         """Why ``spec`` cannot run yet (a row it starts from or uses as reference is not done), or None."""
-        needs = [n for n in (spec.start if spec.kind in ("vote", "sft_correct", "preference") else None, spec.ref) if n]
+        needs = [n for n in (spec.start if spec.kind in ("vote", "sft_correct", "preference", "revise") else None,
+                             spec.ref) if n]
         for need in needs:
             row = "sft_gold" if need == WARMUP else need
             if (need != WARMUP or self.config.warmup) and self.finished(row) is None:
@@ -422,6 +498,8 @@ class Experiment:
             return await self.row_sft_gold(spec)
         if spec.kind == "sft_correct":
             return await self.row_sft_correct(spec)
+        if spec.kind == "revise":
+            return await self.row_revise(spec)
         return await self.row_preference(spec)
 
     # -- rows -----------------------------------------------------------------------------------
@@ -466,9 +544,29 @@ class Experiment:
             name=spec.name, label=spec.label, status="done", start=start,
             greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=self.config.seed),
             maj=bootstrap_ci([bool(o.maj_correct) for o in report.outcomes], seed=self.config.seed),
+            greedy_by_problem=correct_by_problem(report.outcomes, "greedy"),
+            maj_by_problem=correct_by_problem(report.outcomes, "maj"),
             maj_k=self.config.maj_k, tool_call_rate=report.tool_call_rate,
             step_seconds={"eval": round(time.monotonic() - t0, 1)},
         )
+
+    async def row_revise(self, spec: RowSpec) -> RowResult:
+        """Greedy answers of the start model, then revised ``revisions`` times (nothing trained)."""
+        path, start, _ = self.model_of(spec.start)
+        t0 = time.monotonic()
+        report = await self._eval(spec, path, start.split()[-1], self.row_dir(spec.name) / "eval.json")
+        return RowResult(name=spec.name, label=spec.label, status="done", start=start, tool_call_rate=report.tool_call_rate,
+                         step_seconds={"eval": round(time.monotonic() - t0, 1)}, **self._measures(report))
+
+    def _measures(self, report: Any) -> dict[str, Any]:
+        """A RowResult's accuracies and per-problem results from an evaluation report."""
+        seed, outcomes = self.config.seed, report.outcomes
+        out: dict[str, Any] = dict(greedy=bootstrap_ci([o.greedy_correct for o in outcomes], seed=seed),
+                                   greedy_by_problem=correct_by_problem(outcomes, "greedy"))
+        if report.revisions:
+            out.update(revised=bootstrap_ci([bool(o.revised_correct) for o in outcomes], seed=seed),
+                       revised_by_problem=correct_by_problem(outcomes, "revised"), revisions=report.revisions)
+        return out
 
     async def row_sft_gold(self, spec: RowSpec) -> RowResult:
         """SFT on the gold solutions of the training problems, rendered as tool trajectories (the
@@ -594,7 +692,7 @@ class Experiment:
 
     async def row_preference(self, spec: RowSpec) -> RowResult:
         from trainer.io import write_pairs
-        from trainer.pairs import irpo_pairs, mdpo_pairs, scpo_pairs
+        from trainer.pairs import irpo_pairs, mdpo_pairs, scpo_pairs, srpo_pairs
 
         d = self.row_dir(spec.name)
         times: dict[str, float] = {}
@@ -605,6 +703,9 @@ class Experiment:
             # ScPO sees no gold labels: the grades are dropped, pairs come from the majority vote
             unlabelled = [t.model_copy(update={"correct": None, "gold": None}) for t in trajs]
             pair_set = scpo_pairs(unlabelled, max_length=self.config.max_length)
+        elif spec.scheme == "srpo":
+            pair_set = srpo_pairs(trajs, k=self.config.pairs_k, gold=gold, max_length=self.config.max_length,
+                                  max_turns=self.config.max_turns)
         else:
             pair_set = mdpo_pairs(trajs, max_length=self.config.max_length, seed=self.config.seed)
         head: dict[str, Any] = dict(name=spec.name, label=spec.label, start=start, loss=spec.loss,
@@ -631,7 +732,7 @@ class Experiment:
         ref = None if ref_path is None else str(ref_path)
         config = TrainConfig(
             pairs=d / "pairs.jsonl", out=out, model=str(start_path), ref_model=ref, state_dir=self.settings.state_dir, loss=spec.loss,
-            beta=c.beta, alpha=c.alpha, lr=lr, epochs=epochs or c.epochs, max_steps=c.max_steps,
+            beta=c.beta, alpha=c.srpo_alpha if spec.loss == "srpo" else c.alpha, lr=lr, epochs=epochs or c.epochs, max_steps=c.max_steps,
             per_device_batch_size=max(1, min(c.batch_size, n_pairs)), save_steps=10, max_length=c.max_length,
             seed=c.seed, resume=True, progress=False,
         )
@@ -666,8 +767,7 @@ class Experiment:
         times["eval"] = round(time.monotonic() - t0, 1)
         return RowResult(
             name=spec.name, label=spec.label, status="done", start=start, version=version, loss=spec.loss,
-            greedy=bootstrap_ci([o.greedy_correct for o in report.outcomes], seed=c.seed),
-            tool_call_rate=report.tool_call_rate, train_steps=result.steps, loss_first=result.first_loss,
+            **self._measures(report), tool_call_rate=report.tool_call_rate, train_steps=result.steps, loss_first=result.first_loss,
             loss_last=result.last.get("loss"), curves=str((out / "curves.jsonl").relative_to(self.dir)),
             step_seconds=times,
         )
@@ -688,13 +788,16 @@ class Experiment:
         sandbox = await self.resources.sandbox()
         engine = await self.resources.engine(path, version)
 
+        revises = spec.revise or spec.kind == "revise"
+
         async def on_done(done: int, total: int) -> None:
-            self.progress(f"{spec.label}: evaluating {version}", done, total)
+            what = f" with {self.config.revisions} revisions" if revises else ""
+            self.progress(f"{spec.label}: evaluating {version}{what}", done, total)
 
         try:
             report = await evaluate_engine(engine, sandbox, heldout, dataset=self.config.dataset,
                                            settings=self.resources.solver_settings(), concurrency=self.config.concurrency,
-                                           on_done=on_done)
+                                           on_done=on_done, revisions=self.config.revisions if revises else 0)
         finally:
             await engine.aclose()
         write_json_durable(cache, report.model_dump_json())
@@ -723,4 +826,40 @@ async def run_experiment(config: ExperimentConfig, run_dir: Path, settings: Trai
     return await Experiment(config, run_dir, settings, budget_s=budget_s, rows=rows, progress=progress).run()
 
 
-__all__ = ["ROWS", "Accuracy", "Experiment", "ExperimentConfig", "ExperimentError", "RowResult", "run_experiment"]
+def seed_dirs(run_dir: Path, first_seed: int, seeds: int) -> dict[int, Path]:
+    """The run directory of each seed (``first_seed``, ``first_seed + 1``, ...): ``run_dir`` itself
+    for one seed, ``run_dir/seed-<seed>`` for several."""
+    if seeds < 1:
+        raise ExperimentError("--seeds must be >= 1")
+    if seeds == 1:
+        return {first_seed: Path(run_dir)}
+    return {s: Path(run_dir) / f"seed-{s}" for s in range(first_seed, first_seed + seeds)}
+
+
+async def run_seeds(config: ExperimentConfig, run_dir: Path, settings: TrainerSettings, *, seeds: int,
+                    budget_s: float | None = None, rows: list[str] | None = None,
+                    progress: ShowProgress = _no_progress) -> dict[int, list[RowResult]]:
+    """The experiment once per seed (``config.seed`` and the next ``seeds - 1``; each seed changes
+    the split, the sampling and the training), each in its directory of :func:`seed_dirs`. The
+    budget bounds the whole invocation: each seed gets an equal share of what is left when it
+    starts (time one seed leaves unused goes to the next). With several seeds, ``run_dir/paired.json``
+    holds the claims pooled over them (:func:`trainer.experiment_claims.pool_seeds`)."""
+    t0 = time.monotonic()
+    dirs = seed_dirs(run_dir, config.seed, seeds)
+    out: dict[int, list[RowResult]] = {}
+    for i, (seed, d) in enumerate(dirs.items()):
+        share = None if budget_s is None else max(0.0, budget_s - (time.monotonic() - t0)) / (seeds - i)
+
+        def show(what: str, done: int, total: int, seed: int = seed) -> None:
+            progress(what if seeds == 1 else f"seed {seed}: {what}", done, total)
+
+        out[seed] = await run_experiment(config.model_copy(update={"seed": seed}), d, settings, budget_s=share,
+                                         rows=rows, progress=show)
+    if seeds > 1:
+        write_json_durable(Path(run_dir) / "paired.json", "[" + ",".join(
+            c.model_dump_json() for c in evaluate_claims(pool_seeds(out), seed=config.seed)) + "]")
+    return out
+
+
+__all__ = ["ROWS", "Accuracy", "Experiment", "ExperimentConfig", "ExperimentError", "RowResult", "run_experiment", "run_seeds",
+           "seed_dirs"]

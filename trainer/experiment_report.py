@@ -8,6 +8,7 @@ scipy.stats.bootstrap would add a dependency for the same thing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,7 +19,10 @@ from rich.table import Table
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from agent.evaluate import ProblemOutcome
+
 RowStatus = Literal["done", "skipped", "failed"]
+Measure = Literal["greedy", "maj", "revised"]  # what of a row a comparison reads: greedy, maj@k, greedy revised
 
 
 class Accuracy(BaseModel):
@@ -60,6 +64,37 @@ class RowResult(BaseModel):
     curves: str | None = Field(None, description="curves.jsonl of the training, relative to the run directory")
     seconds: float = 0.0
     step_seconds: dict[str, float] = Field(default_factory=dict)
+    greedy_by_problem: dict[str, bool] | None = Field(
+        None, description="held-out problem id -> greedy answer correct (the paired comparisons read it); "
+        "None in rows stored before it was recorded")
+    maj_by_problem: dict[str, bool] | None = Field(None, description="problem id -> maj@k correct, where the row "
+                                                   "measures maj@k")
+    revised: Accuracy | None = Field(None, description="greedy accuracy after `revisions` self-revisions (SRPO rows)")
+    revisions: int | None = None
+    revised_by_problem: dict[str, bool] | None = Field(None, description="problem id -> correct after the revisions")
+
+    def by_problem(self, measure: Measure) -> dict[str, bool] | None:
+        """Per-problem correctness of ``measure`` (None where the row did not store it)."""
+        return {"greedy": self.greedy_by_problem, "maj": self.maj_by_problem, "revised": self.revised_by_problem}[measure]
+
+    def accuracy(self, measure: Measure) -> Accuracy | None:
+        return {"greedy": self.greedy, "maj": self.maj, "revised": self.revised}[measure]
+
+    def measure_label(self, measure: Measure) -> str:
+        if measure == "maj":
+            return f"{self.label} maj@{self.maj_k or 'k'}"
+        if measure == "revised":
+            return f"{self.label} + {self.revisions or 'k'} revisions"
+        return self.label
+
+
+def correct_by_problem(outcomes: Sequence[ProblemOutcome], measure: Measure) -> dict[str, bool]:
+    """``problem id -> correct`` of an evaluation's outcomes (``agent.evaluate.ProblemOutcome``)."""
+    if measure == "greedy":
+        return {o.problem_id: bool(o.greedy_correct) for o in outcomes}
+    if measure == "revised":
+        return {o.problem_id: bool(o.revised_correct) for o in outcomes}
+    return {o.problem_id: bool(o.maj_correct) for o in outcomes}
 
 
 def bootstrap_ci(correct: list[bool], *, iters: int = 2000, seed: int = 0, level: float = 0.95) -> Accuracy:
@@ -82,10 +117,15 @@ def table(rows: list[RowResult], *, title: str) -> Table:
     for r in rows:
         done = r.status == "done"
         measures: list[tuple[str, Accuracy | None]] = [(r.label, r.greedy)]
-        if r.kind == "vote":  # its greedy accuracy is its start row's (greedy decoding is deterministic): not repeated
+        # a vote or revise row's greedy accuracy is its start row's (greedy decoding is deterministic): not repeated
+        if r.kind == "vote":
             measures = [(f"{r.label} maj@{r.maj_k or 'k'}", r.maj)]
+        elif r.kind == "revise":
+            measures = [(r.measure_label("revised"), r.revised)]
         elif r.maj is not None:
             measures.append((f"{r.label} maj@{r.maj_k}", r.maj))
+        if r.revised is not None and r.kind != "revise":
+            measures.append((r.measure_label("revised"), r.revised))
         for i, (label, acc) in enumerate(measures):
             loss = (f"{r.loss_first:.3f}->{r.loss_last:.3f}"
                     if i == 0 and r.loss_first is not None and r.loss_last is not None else "")

@@ -137,9 +137,10 @@ def decide(current_version: str, current: EvalReport, candidate: EvalReport, tol
 async def evaluate_engine(
     engine: Engine, sandbox: Sandbox, problems: Sequence[Problem], *, dataset: str, settings: SolverSettings,
     concurrency: int, on_done: Callable[[int, int], Coroutine[Any, Any, None]] | None = None,
-    on_outcome: Callable[[ProblemOutcome], Awaitable[None] | None] | None = None,
+    on_outcome: Callable[[ProblemOutcome], Awaitable[None] | None] | None = None, revisions: int = 0,
 ) -> EvalReport:
-    """Greedy accuracy of ``engine`` on ``problems`` (trajectories are not logged: held-out data).
+    """Greedy accuracy of ``engine`` on ``problems`` (trajectories are not logged: held-out data),
+    and with ``revisions`` > 0 also after that many greedy self-revisions.
     ``on_done(done, total)`` after each problem; ``on_outcome(outcome)`` with each problem's result
     (called in finishing order; an awaitable it returns is awaited, in that order, before the end)."""
     import asyncio
@@ -164,7 +165,8 @@ async def evaluate_engine(
             keep(on_done(count, len(problems)))
 
     try:
-        report = await evaluate(solver, problems, dataset=dataset, concurrency=concurrency, on_done=done)
+        report = await evaluate(solver, problems, dataset=dataset, concurrency=concurrency, on_done=done,
+                                revisions=revisions)
     except BaseException:
         for task in pending:
             task.cancel()

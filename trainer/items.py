@@ -37,12 +37,13 @@ def sequences_per_item(loss: str) -> int:
 
 
 def revision_prompt_ids(tokenizer: PreTrainedTokenizerBase, pair: Pair, attempt: str) -> list[int]:
-    """The agent's SRPO revision prompt (``agent.prompts``) rendered with the chat template."""
+    """The agent's SRPO revision prompt (``agent.prompts``) rendered with the chat template, stating
+    the pair's tool-call limit as the agent's prompt did (``Pair.max_turns``)."""
+    from agent.limits import MAX_TURNS
     from agent.prompts import messages, revision_message
 
-    ids = tokenizer.apply_chat_template(
-        messages(revision_message(pair.problem, pair.mode, attempt)), add_generation_prompt=True, tokenize=True
-    )
+    text = revision_message(pair.problem, pair.mode, attempt, max_turns=MAX_TURNS if pair.max_turns is None else pair.max_turns)
+    ids = tokenizer.apply_chat_template(messages(text), add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)

@@ -1,4 +1,5 @@
-"""Preference pairs from trajectories: IRPO, official M-DPO, ScPO (majority vote) and user feedback.
+"""Preference pairs from trajectories: IRPO, official M-DPO, ScPO (majority vote), SRPO (revision
+pairs) and user feedback.
 
 Each builder is a function ``list[Trajectory] -> PairSet`` (weighted pairs plus how many
 problems, trajectories and pairs each filter removed). Common steps:
@@ -6,7 +7,8 @@ problems, trajectories and pairs each filter removed). Common steps:
 - trajectories are grouped by problem (``problem_id``, else the problem text);
 - evaluation trajectories (``source="eval"``) are never trained on (held-out leakage);
 - chat turns with context (a client's system prompt, earlier turns) are never trained on: their
-  prompt is not their problem's (``Trajectory.standalone``);
+  prompt is not their problem's (``Trajectory.standalone``); nor are self-revisions (their prompt
+  shows an earlier attempt), except by :func:`srpo_pairs`, which pairs them with what they revised;
 - trajectories that cannot be trained on (no prompt first, no model token) are dropped;
 - identical responses (same token ids after the prompt) are deduplicated within a problem.
 
@@ -31,6 +33,7 @@ class Scheme(StrEnum):
     irpo = "irpo"
     mdpo = "mdpo"
     scpo = "scpo"
+    srpo = "srpo"
     feedback = "feedback"
 
 
@@ -46,6 +49,8 @@ class Pair(BaseModel):
     rejected: Example
     chosen_text: str = Field("", description="chosen response text (SRPO shows it in the revision prompt)")
     rejected_text: str = ""
+    max_turns: int | None = Field(None, description="the tool-call limit the agent's prompt states, for SRPO's "
+                                  "revision prompts to read as they do at inference; None: the agent's default")
 
 
 class PairSet(BaseModel):
@@ -79,6 +84,9 @@ def _group(
         if not traj.standalone:  # a chat turn with context: its prompt is not the problem's (agent/conversation.py)
             counts["dropped_conversation"] += 1
             continue
+        if traj.parent_id is not None:  # a self-revision: its prompt is the revision prompt (srpo_pairs uses them)
+            counts["dropped_revision"] += 1
+            continue
         if segments_check(traj) is not None:
             counts["dropped_untrainable"] += 1
             continue
@@ -94,8 +102,9 @@ def _group(
     return groups
 
 
-def _pair(c: _Candidate, r: _Candidate, scheme: Scheme, weight: float = 1.0) -> Pair:
+def _pair(c: _Candidate, r: _Candidate, scheme: Scheme, weight: float = 1.0, max_turns: int | None = None) -> Pair:
     return Pair(
+        max_turns=max_turns,
         problem_key=problem_key(c.traj),
         problem=c.traj.problem,
         mode=c.traj.mode,
@@ -243,6 +252,92 @@ def scpo_pairs(
             pairs.append(p)
         else:
             counts["dropped_pair_too_long"] += 1
+    return _finish(pairs, counts)
+
+
+def srpo_pairs(
+    trajectories: Iterable[Trajectory],
+    *,
+    k: int = 10,
+    gold: dict[str, Trajectory] | None = None,
+    max_length: int | None = None,
+    max_turns: int | None = None,
+) -> PairSet:
+    """SRPO (Choi et al. 2024) revision pairs: (w, l) where w is what the self-improvement policy
+    should write when shown the losing attempt l (and, the loss's second term, when shown w
+    itself). The loss (``srpo`` in :mod:`trainer.items`) renders the revision prompts from the
+    pair's response texts; here each loser of a problem is matched with the winner it is revised
+    into, at most ``k`` pairs per problem:
+
+    1. observed revisions first: a trajectory that revises an incorrect one (``parent_id``) and is
+       correct is a losing trajectory revised into a winning one; its response is re-prompted
+       with the problem's own prompt (w|x), since the revision prompts are rendered for the loss;
+    2. then every other incorrect sample, revised into the problem's correct samples and its gold
+       solution (``gold``, keyed by :func:`problem_key`), cycled like IRPO's winners.
+
+    Other revision trajectories (a revision of a correct attempt, or one still wrong) are not
+    used: their prompt is a revision prompt, not the problem's. A loser with an empty response is
+    dropped (nothing to revise). ``max_turns`` is stored on each pair for its revision prompts.
+    """
+    counts: Counter[str] = Counter()
+    trajs = list(trajectories)
+    by_id = {t.id: t for t in trajs}
+    observed: dict[str, list[Pair]] = {}
+    for t in trajs:
+        if t.parent_id is None:
+            continue
+        counts["revision_trajectories"] += 1
+        parent = by_id.get(t.parent_id)
+        if parent is None:
+            counts["dropped_revision_parent_missing"] += 1
+            continue
+        if not (parent.correct is False and t.correct is True):
+            counts["dropped_revision_not_loser_to_winner"] += 1
+            continue
+        if Source.eval in (t.source, parent.source) or not (t.standalone and parent.standalone):
+            counts["dropped_revision_eval_or_conversation"] += 1
+            continue
+        if segments_check(t) is not None or segments_check(parent) is not None:
+            counts["dropped_untrainable"] += 1
+            continue
+        loser = example_from_trajectory(parent)
+        winner = example_from_trajectory(t).with_prompt(loser.input_ids[: loser.prompt_len])
+        observed.setdefault(problem_key(parent), []).append(Pair(
+            problem_key=problem_key(parent), problem=parent.problem, mode=parent.mode, scheme=Scheme.srpo,
+            chosen=winner, rejected=loser, chosen_text=t.response_text(), rejected_text=parent.response_text(), max_turns=max_turns,
+        ))
+    groups = _group((t for t in trajs if t.parent_id is None), counts)
+    for key, g in (gold or {}).items():
+        if key in groups and segments_check(g) is None:
+            groups[key].append(_Candidate(g, example_from_trajectory(g)))
+            counts["gold_added"] += 1
+    pairs: list[Pair] = []
+    for key in dict.fromkeys([*observed, *groups]):
+        chosen = observed.get(key, [])[:k]
+        counts["observed_revision_pairs"] += len(chosen)
+        revised = {p.rejected.trajectory_id for p in chosen}
+        cands = groups.get(key, [])
+        winners = [c for c in cands if c.traj.correct is True]
+        losers = []
+        for c in cands:
+            if c.traj.correct is not False or c.traj.id in revised:
+                continue
+            if not c.traj.response_text().strip():
+                counts["dropped_loser_empty_response"] += 1
+                continue
+            losers.append(c)
+        if losers and not winners:  # nothing correct to revise them into (and no gold solution)
+            counts["dropped_loser_no_winner"] += len(losers)
+            losers = []
+        for i, lo in enumerate(losers[: max(0, k - len(chosen))]):
+            chosen.append(_pair(winners[i % len(winners)], lo, Scheme.srpo, max_turns=max_turns))
+        if not chosen:
+            counts["dropped_problem_no_revision_pair"] += 1
+        for p in chosen:
+            if _fits(p, max_length):
+                pairs.append(p)
+            else:
+                counts["dropped_pair_too_long"] += 1
     return _finish(pairs, counts)
 
 

@@ -10,6 +10,7 @@ and never counts a half-sampled prompt. A line torn by a crash (the last one) is
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import zlib
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,8 @@ from agent.loop import Sandbox
 from agent.solver import Solver
 from agent.trajectory import Mode, Source, Trajectory
 from trainer.collect import IterPrompt
+
+log = logging.getLogger(__name__)
 
 
 class RolloutRecord(BaseModel):
@@ -64,7 +67,9 @@ async def gold_trajectory_for(
 ) -> Trajectory | None:
     """The prompt's gold solution rendered after the rollouts' own prompt ids (IRPO adds it to
     the winners): a GSM8K answer field, a MATH solution, or a synthetic problem's gold Python
-    whose printed output comes from the real sandbox."""
+    whose printed output comes from the real sandbox. In tool mode a GSM8K rationale becomes a
+    Python cell of its calculator annotations (:mod:`trainer.gsm8k_cells`), run in the sandbox
+    and kept only when its output matches the annotations; otherwise it stays text."""
     from trainer.gold import gold_trajectory, gsm8k_solution
 
     if prompt.gold is None or not first.segments:
@@ -77,6 +82,20 @@ async def gold_trajectory_for(
             return None
         return gold_trajectory(tokenizer, solution="Let me compute this with Python.", code=prompt.gold_code,
                                code_output=result.stdout, **common)
+    if prompt.solution and prompt.dataset == "gsm8k" and prompt.mode is Mode.tir and sandbox is not None:
+        from trainer.gsm8k_cells import NotConvertible, check_output, tool_solution
+
+        try:
+            cell = tool_solution(prompt.solution)
+        except NotConvertible as exc:
+            log.debug("gsm8k %s: no tool solution (%s)", prompt.id, exc)
+        else:
+            result = await sandbox.execute(cell.code, timeout_s=10.0)
+            why = check_output(cell, result.stdout) if result.ok else f"the cell failed: {result.status}"
+            if why is None:
+                return gold_trajectory(tokenizer, solution=cell.reasoning, code=cell.code, code_output=result.stdout,
+                                       **common)
+            log.warning("gsm8k %s: the rationale's cell does not verify (%s); training on its text", prompt.id, why)
     if prompt.solution and prompt.dataset == "gsm8k" and "####" in prompt.solution:
         text, _ = gsm8k_solution(prompt.solution, prompt.mode)
         return gold_trajectory(tokenizer, solution=text, **common)

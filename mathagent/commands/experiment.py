@@ -25,7 +25,7 @@ from trainer.settings import TrainerSettings
 
 def run_experiment_command(options: dict[str, Any]) -> int:
     """``options``: ``family``, the fields of :class:`trainer.experiment.ExperimentConfig` (None = not
-    given), ``scale``, ``budget_minutes``, ``rows`` and ``run_dir``."""
+    given), ``scale``, ``budget_minutes``, ``rows``, ``run_dir`` and ``seeds``."""
     from agent.datasets import DatasetError
     from agent.modelstore import ModelSpecError
     from agent.runtime import SandboxStartError
@@ -34,30 +34,38 @@ def run_experiment_command(options: dict[str, Any]) -> int:
         ExperimentError,
         experiment_config,
         resolve_scale,
-        run_experiment,
+        run_seeds,
+        seed_dirs,
     )
+    from trainer.experiment_claims import claims_table, evaluate_claims, pool_seeds
     from trainer.experiment_report import table
     from trainer.registry import RegistryError
 
     family, scale, rows = options.pop("family"), options.pop("scale"), options.pop("rows")
-    run_dir, budget_minutes = options.pop("run_dir"), options.pop("budget_minutes")
+    run_dir, budget_minutes, seeds = options.pop("run_dir"), options.pop("budget_minutes"), options.pop("seeds")
     settings = load(TrainerSettings)
     try:
         config = experiment_config(family, resolve_scale(scale), **given(options))
     except ValidationError as exc:
         return fail(option_errors(exc))
+    if seeds < 1:
+        return fail("--seeds must be >= 1")
     if budget_minutes is None:
-        budget_minutes = BUDGET_MINUTES
+        budget_minutes = BUDGET_MINUTES * seeds
     if budget_minutes < 0:
         return fail("--budget-minutes must be >= 0")
     budget_s = None if math.isinf(budget_minutes) else budget_minutes * 60
     run_dir = run_dir or settings.state_dir / "experiments" / f"{family}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(stderr=True)
     console.print(f"[dim]run directory {run_dir} (the same command with --run-dir {run_dir} resumes it)[/]")
+    dirs = seed_dirs(run_dir, config.seed, seeds)
+    if seeds > 1:
+        console.print(f"[dim]seeds {', '.join(map(str, dirs))}: one run each, in {', '.join(str(d) for d in dirs.values())}[/]")
     levels_note = f" levels {','.join(map(str, config.levels))}" if config.dataset == "tasks" else ""
-    console.print(f"[dim]{config.dataset}{levels_note}: {config.train_limit} training / {config.eval_limit} held-out "
+    test_note = " test-split" if config.dataset != "tasks" and config.eval_split == "test" else ""
+    console.print(f"[dim]{config.dataset}{levels_note}: {config.train_limit} training / {config.eval_limit}{test_note} held-out "
                   f"problems, {config.samples} samples each, maj@{config.maj_k}, batch {config.batch_size}, warm-up "
-                  f"{config.warmup_epochs} epochs; budget "
+                  f"{config.warmup_epochs} epochs, {config.max_new_tokens} tokens per turn; budget "
                   f"{'none' if budget_s is None else f'{budget_minutes:g} min'}[/]")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -77,15 +85,31 @@ def run_experiment_command(options: dict[str, Any]) -> int:
                 print(f"{time.strftime('%H:%M:%S')} {what} {done}/{total or '?'}", file=sys.stderr, flush=True)
 
         try:
-            results = asyncio.run(run_experiment(config, run_dir, settings, budget_s=budget_s, progress=show,
-                                                 rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None))
+            runs = asyncio.run(run_seeds(config, run_dir, settings, seeds=seeds, budget_s=budget_s, progress=show,
+                                         rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None))
         except (ExperimentError, DatasetError, ModelSpecError, RegistryError, SandboxStartError) as exc:
             return fail(str(exc).splitlines()[0])
-    title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}; "
-             "accuracy % with 95% bootstrap CI")
-    Console(width=200).print(table(results, title=title))
-    plots = sorted((run_dir / "plots").glob("*.png"))
-    if plots:
-        Console().print("log-prob curves: " + ", ".join(str(p) for p in plots))
-    Console().print(f"results: {run_dir / 'summary.json'}")
+    out = Console(width=200)
+    for seed, results in runs.items():
+        d = dirs[seed]
+        seed_note = f", seed {seed}" if seeds > 1 else ""
+        title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}"
+                 f"{seed_note}; accuracy % with 95% bootstrap CI")
+        out.print(table(results, title=title))
+        claims = evaluate_claims(results, seed=seed)
+        if claims:
+            out.print(claims_table(claims, title=(
+                f"the papers' orderings{seed_note}, paired on the same held-out problems: b - a in points, 95% paired "
+                "bootstrap interval, McNemar's exact p; holds = b better at p < 0.05")))
+        plots = sorted((d / "plots").glob("*.png"))
+        if plots:
+            Console().print("log-prob curves: " + ", ".join(str(p) for p in plots))
+        Console().print(f"results: {d / 'summary.json'}, paired comparisons: {d / 'paired.json'}")
+    if seeds > 1:
+        pooled = evaluate_claims(pool_seeds(runs), seed=config.seed)
+        if pooled:
+            out.print(claims_table(pooled, title=(
+                f"the papers' orderings pooled over seeds {', '.join(map(str, runs))} (n = the seeds' held-out "
+                "problems together; each seed's rows trained and measured in that seed)")))
+            Console().print(f"pooled paired comparisons: {run_dir / 'paired.json'}")
     return 0

@@ -46,7 +46,7 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
     summary = {r["name"]: r for r in json.loads((run_dir / "summary.json").read_text())}
     done = {k for k, r in summary.items() if r["status"] == "done"}
     assert done == {"zero_shot", "zero_shot_cot", "sft_gold", "sft_gold_vote", "dpo_1", "dpo_nll_1", "dpo_nll_2", "dpo_nll_3",
-                    "dpo_nll_3_vote"}, summary
+                    "dpo_nll_3_vote", "dpo_nll_1_revise", "srpo_1"}, summary
     # the random model is never right and never answers: nothing for STaR to imitate, no vote for ScPO
     assert summary["star"]["status"] == "skipped" and "no correct sample" in summary["star"]["reason"]
     assert summary["star"]["pair_counts"]["samples"] == 4 and summary["star"]["pair_counts"]["correct"] == 0
@@ -78,7 +78,7 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
         f"rollouts-{summary['dpo_nll_2']['version']}-it3.jsonl"}
     reg = Registry(run_dir / "registry")
     manifests = {m.training_config["row"]: m for m in reg.manifests()}
-    assert set(manifests) == {"sft_gold", "dpo_1", "dpo_nll_1", "dpo_nll_2", "dpo_nll_3"}
+    assert set(manifests) == {"sft_gold", "dpo_1", "dpo_nll_1", "dpo_nll_2", "dpo_nll_3", "srpo_1"}
     assert manifests["dpo_1"].parent == warm and manifests["dpo_nll_1"].training_config["train"]["loss"] == "dpo+nll"
     # --warmup-epochs reaches the warm-up's training only
     assert manifests["sft_gold"].training_config["train"]["epochs"] == 3
@@ -91,16 +91,31 @@ def test_irpo_rows_end_to_end_then_resume(tmp_path, tiny_model, monkeypatch):
     assert not (run_dir / "rows" / "dpo_1" / "train" / "model.safetensors").exists()
     assert (run_dir / "rows" / "dpo_1" / "train" / "curves.jsonl").is_file()
     assert {p.name for p in (run_dir / "plots").glob("*.png")} == {
-        "sft_gold.png", "dpo_1.png", "dpo_nll_1.png", "dpo_nll_2.png", "dpo_nll_3.png", "logps.png"}
+        "sft_gold.png", "dpo_1.png", "dpo_nll_1.png", "dpo_nll_2.png", "dpo_nll_3.png", "srpo_1.png", "logps.png"}
     out = result.output  # type: ignore[attr-defined]
     assert "DPO+NLL (IRPO) it.3" in out and "maj@2" in out and "skipped" in out
+    # SRPO: revision pairs from the warm-up's rollouts (each wrong sample revised into the gold solution),
+    # the SRPO loss at its own convex weight, and greedy answers measured with 0 and 2 revisions, as for
+    # the untrained reviser (the DPO+NLL it.1 model)
+    srpo = summary["srpo_1"]
+    assert srpo["start"] == warm and srpo["pairs"] > 0 and srpo["pair_counts"]["gold_added"] == 2
+    assert manifests["srpo_1"].training_config["train"]["loss"] == "srpo"
+    assert manifests["srpo_1"].training_config["train"]["alpha"] == 0.8
+    for name in ("srpo_1", "dpo_nll_1_revise"):
+        assert summary[name]["revisions"] == 2 and summary[name]["revised"]["n"] == 2
+        assert set(summary[name]["revised_by_problem"]) == set(summary[name]["greedy_by_problem"])
+    assert summary["dpo_nll_1_revise"]["start"] == summary["dpo_nll_1"]["version"]
+    assert summary["dpo_nll_1_revise"]["greedy"] == summary["dpo_nll_1"]["greedy"]
+    paired = {(c["lower_row"], c["higher_row"]) for c in json.loads((run_dir / "paired.json").read_text())}
+    assert {("dpo_nll_1_revise", "srpo_1"), ("srpo_1", "srpo_1"), ("dpo_1", "dpo_nll_1")} <= paired
+    assert "SRPO it.1 + 2 revisions" in out
 
     # the same command again: every finished row is read back, nothing reruns (no sandbox is running now)
     stamps = {p.name: p.stat().st_mtime_ns for p in (run_dir / "rows").glob("*.json")}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "rows").glob("*.json")} == stamps
-    assert len(Registry(run_dir / "registry").manifests()) == 5
+    assert len(Registry(run_dir / "registry").manifests()) == 6
 
     # another config in the same run directory is refused with the differing field
     other = CliRunner().invoke(app, [*args[:-2], "--seed", "1", "--run-dir", str(run_dir)])
@@ -118,6 +133,14 @@ def test_budget_skips_rows_with_the_reason(tmp_path, tiny_model, monkeypatch):
     assert summary["mdpo_1"]["status"] == "skipped" and "warm-up" in summary["mdpo_1"]["reason"]
     assert summary["mdpo_2_prev"]["status"] == "skipped" and "starts from row mdpo_1" in summary["mdpo_2_prev"]["reason"]
     assert not list(run_dir.glob("rows/*.json"))  # nothing recorded: a rerun with a budget does every row
+    # the papers' orderings among the mdpo rows are listed, each unavailable with the reason
+    paired = {(c["lower_row"], c["higher_row"]): c for c in json.loads((run_dir / "paired.json").read_text())}
+    assert ("raft", "mdpo_1") in paired and ("mdpo_2_fixed", "mdpo_2_prev") in paired
+    assert ("dpo_1", "dpo_nll_1") not in paired  # an irpo claim: its rows are not in this family
+    assert paired[("raft", "mdpo_1")]["comparison"] is None
+    assert paired[("raft", "mdpo_1")]["unavailable"] == ("raft skipped (starts from the warm-up row, not done); "
+                                                         "mdpo_1 skipped (starts from the warm-up row, not done)")
+    assert "unavailable: raft skipped" in " ".join(result.output.split())
     bad = CliRunner().invoke(app, ["experiment", "ppo", "--run-dir", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "family" in bad.output
     bad = CliRunner().invoke(app, ["experiment", "mdpo", "--rows", "mdpo_1,dpo_9", "--run-dir", str(tmp_path / "bad")])

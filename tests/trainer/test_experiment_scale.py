@@ -41,3 +41,13 @@ def test_explicit_options_win_over_family_defaults(tmp_path):
     out = _header(tmp_path, "mdpo", "--levels", "2-4", "--samples", "3", "--batch-size", "4")
     assert "tasks levels 2,3,4: 32 training / 40 held-out problems, 3 samples each, maj@4, batch 4" in out
     assert "warm-up 3 epochs" in _header(tmp_path, "irpo", "--warmup-epochs", "3")
+
+
+def test_gsm8k_is_measured_on_200_test_problems_with_longer_turns(tmp_path):
+    out = _header(tmp_path, "irpo", "--dataset", "gsm8k")
+    assert "gsm8k: 32 training / 200 test-split held-out problems" in out and "256 tokens per turn" in out
+    assert "gsm8k: 32 training / 60 test-split held-out problems" in _header(tmp_path, "irpo", "--dataset", "gsm8k",
+                                                                               "--eval-limit", "60")
+    # the tasks defaults are unchanged
+    assert "tasks levels 1,2,3,4,5: 32 training / 40 held-out problems" in _header(tmp_path, "irpo")
+    assert "128 tokens per turn" in _header(tmp_path, "irpo")
