@@ -262,7 +262,8 @@ def bench_sandbox(
 @bench_app.command("swap")
 def bench_swap(
     clients: int = typer.Option(8, min=1, help="concurrent clients (streamed and not, chat and solve)"),
-    duration: float = typer.Option(30.0, help="seconds of load (--engine vllm: 120 is a good length)"),
+    duration: float | None = typer.Option(None, help="seconds of load (default 30; 240 with --engine vllm, where a swap "
+                                          "under load takes a minute or more)"),
     deploy_at: float = typer.Option(15.0, help="seconds into the run when the other version is deployed"),
     seed: int = typer.Option(0, help="problem text seed"),
     engine: Literal["transformers", "vllm"] = typer.Option(
@@ -276,6 +277,7 @@ def bench_swap(
     requests/s in the swap window vs a baseline window of the same run."""
     from mathagent.bench.swap import run
 
+    duration = duration or (240.0 if engine == "vllm" else 30.0)
     raise typer.Exit(run(clients=clients, duration_s=duration, deploy_at_s=deploy_at, seed=seed, engine=engine,
                          vllm_url=vllm_url, vllm_model=vllm_model))
 

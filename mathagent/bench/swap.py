@@ -76,11 +76,24 @@ class LoadReport(BaseModel):
         return len(done) / max(end - start, 1e-9)
 
 
-async def _client(i: int, url: str, deadline: float, rng: random.Random, out: list[RequestRecord]) -> None:
+class _Until:
+    """When the clients stop: at the deadline, but not before the admin plan is done plus a gap."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.plan_done_at: float | None = None
+        self.gap_s = 0.0
+
+    def running(self) -> bool:
+        now = time.time()
+        return now < self.deadline or self.plan_done_at is None or now < self.plan_done_at + self.gap_s
+
+
+async def _client(i: int, url: str, until: _Until, rng: random.Random, out: list[RequestRecord]) -> None:
     routes = [("chat", True), ("solve", False), ("chat", False), ("solve", True)]
     k = i
     async with httpx.AsyncClient(base_url=url, timeout=120) as c:
-        while time.time() < deadline:
+        while until.running():
             route, stream = routes[k % len(routes)]
             k += 1
             problem = f"[c{i}-{k}] {random_problem(rng)}"
@@ -164,26 +177,31 @@ async def _solve(c: httpx.AsyncClient, rec: RequestRecord) -> None:
 
 
 async def _admin(url: str, token: str, t0: float, plan: list[tuple[float, str, dict[str, Any] | None]],
-                 out: list[AdminAction]) -> None:
+                 out: list[AdminAction], until: _Until, gap_s: float = 0.0) -> None:
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as c:
-        for at, path, body in plan:
-            await asyncio.sleep(max(0.0, t0 + at - time.time()))
-            sent = time.time()
-            r = await c.post(path, json=body) if body is not None else await c.post(path)
-            action = AdminAction(kind=path.rsplit("/", 1)[-1], sent=sent, answered=time.time(), status=r.status_code,
-                                 record=r.json() if r.status_code == 200 else {"error": r.text[:500]})
-            out.append(action)
-            if r.status_code != 200:
-                continue
-            swap_id = action.record["id"] if action.record else None
-            while True:  # until drained and retired (or rolled back)
-                history = (await c.get("/admin/versions")).json()["history"]
-                mine = next((h for h in history if h["id"] == swap_id), None)
-                if mine is None or mine["status"] not in ("running", "committed"):
-                    action.final = mine
-                    break
-                await asyncio.sleep(0.05)
+    settled = 0.0
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as c:
+            for at, path, body in plan:
+                await asyncio.sleep(max(0.0, t0 + at - time.time(), settled + gap_s - time.time()))
+                sent = time.time()
+                r = await c.post(path, json=body) if body is not None else await c.post(path)
+                action = AdminAction(kind=path.rsplit("/", 1)[-1], sent=sent, answered=time.time(), status=r.status_code,
+                                     record=r.json() if r.status_code == 200 else {"error": r.text[:500]})
+                out.append(action)
+                if r.status_code != 200:
+                    continue
+                swap_id = action.record["id"] if action.record else None
+                while True:  # until drained and retired (or rolled back)
+                    history = (await c.get("/admin/versions")).json()["history"]
+                    mine = next((h for h in history if h["id"] == swap_id), None)
+                    if mine is None or mine["status"] not in ("running", "committed"):
+                        action.final = mine
+                        break
+                    await asyncio.sleep(0.05)
+                settled = time.time()
+    finally:
+        until.gap_s, until.plan_done_at = gap_s, time.time()
 
 
 Plan = list[tuple[float, str, dict[str, Any] | None]]  # (seconds from the start, admin route, body)
@@ -198,21 +216,23 @@ def deploy_plan(deploy_at_s: float, deploy_version: str, rollback_at_s: float = 
 
 async def drive(url: str, token: str, *, clients: int = 8, duration_s: float = 60.0, deploy_at_s: float = 20.0,
                 rollback_at_s: float = 40.0, deploy_version: str = "", plan: Plan | None = None,
-                seed: int = 0) -> LoadReport:
+                gap_s: float = 0.0, seed: int = 0) -> LoadReport:
     """Run the clients for ``duration_s``; deploy ``deploy_version`` at ``deploy_at_s`` and roll back at
     ``rollback_at_s`` (seconds from the start), or follow ``plan``, each action waiting for the one before
-    it to settle (drained and retired)."""
+    it to settle (drained and retired) and then ``gap_s`` more (so each version serves a while, however
+    long a swap took). The clients run for ``duration_s``, and on until ``gap_s`` after the plan's last
+    action settled."""
     t0 = time.time()
-    deadline = t0 + duration_s
+    until = _Until(t0 + duration_s)
     requests: list[RequestRecord] = []
     actions: list[AdminAction] = []
     if plan is None:
         plan = deploy_plan(deploy_at_s, deploy_version, rollback_at_s)
-    tasks = [asyncio.create_task(_client(i, url, deadline, random.Random(seed * 1000 + i), requests))
+    tasks = [asyncio.create_task(_client(i, url, until, random.Random(seed * 1000 + i), requests))
              for i in range(clients)]
-    tasks.append(asyncio.create_task(_admin(url, token, t0, plan, actions)))
+    tasks.append(asyncio.create_task(_admin(url, token, t0, plan, actions, until, gap_s)))
     await asyncio.gather(*tasks)
-    return LoadReport(t0=t0, duration_s=duration_s, requests=sorted(requests, key=lambda r: r.started), actions=actions)
+    return LoadReport(t0=t0, duration_s=time.time() - t0, requests=sorted(requests, key=lambda r: r.started), actions=actions)
 
 
 class SwapFigures(BaseModel):
@@ -433,8 +453,8 @@ async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: 
 async def _run_stack_vllm(clients: int, duration_s: float, deploy_at_s: float, seed: int, console: Any,
                           vllm_url: str | None, vllm_model: str | None) -> tuple[LoadReport, str, str]:
     """SmolLM2 on real vLLM (LoRA on); v0001 a random LoRA adapter, v0002 SmolLM2 with perturbed
-    weights. Deploy v0001 at ``deploy_at_s``, roll back a third of the remaining time later, then
-    deploy v0002 (in place) two thirds in."""
+    weights. Deploy v0001 at ``deploy_at_s``, then roll back, then deploy v0002 (in place), each a
+    sixth of the remaining time after the action before it settled."""
     import shutil
     import tempfile
 
@@ -470,12 +490,13 @@ async def _run_stack_vllm(clients: int, duration_s: float, deploy_at_s: float, s
             async with _gateway(tmp, engine, engine_is_base=True, engine="vllm", vllm_url=server.url,
                                 vllm_model=server.served_name, model=str(base.path), registry_dir=registry.root,
                                 max_new_tokens=24, max_total_tokens=1024, max_turns=2) as (url, token):
-                rest = duration_s - deploy_at_s
                 plan: Plan = [(deploy_at_s, "/admin/deploy", {"version": "v0001"}),
-                              (deploy_at_s + rest / 3, "/admin/rollback", None),
-                              (deploy_at_s + 2 * rest / 3, "/admin/deploy", {"version": "v0002"})]
-                console.log(f"driving {clients} clients for {duration_s:.0f} s: {plan}")
-                report = await drive(url, token, clients=clients, duration_s=duration_s, plan=plan, seed=seed)
+                              (deploy_at_s, "/admin/rollback", None),
+                              (deploy_at_s, "/admin/deploy", {"version": "v0002"})]
+                gap = (duration_s - deploy_at_s) / 6  # a swap on a busy CPU server takes a while: room after each
+                console.log(f"driving {clients} clients for {duration_s:.0f} s; deploy v0001 (LoRA) at {deploy_at_s:.0f} "
+                            f"s, roll back, deploy v0002 (full), each {gap:.0f} s after the one before settled")
+                report = await drive(url, token, clients=clients, duration_s=duration_s, plan=plan, gap_s=gap, seed=seed)
                 bad = await mixed_episodes(url, report, engine)
                 console.print(f"episodes answered by more than one version, or by another than they name: {len(bad)}"
                               + (f" {bad[:5]}" if bad else ""))

@@ -3,7 +3,7 @@ LoRA versions blue/green, full weights reloaded in place, and what goes wrong wi
 thing: golden prompts that do not match, weights vLLM cannot load, an adapter on the wrong base,
 the server killed mid-swap and started again.
 
-Versions (:mod:`support.vllm_versions`): v0001 and v0003 are SmolLM2 with perturbed weights (v0003
+Versions (:mod:`mathagent.bench.vllm_versions`): v0001 and v0003 are SmolLM2 with perturbed weights (v0003
 records golden texts it cannot produce), v0002 a random LoRA adapter on SmolLM2, v0004 a copy of
 v0001 whose safetensors file was cut in half before publishing (checksums hold, vLLM cannot load
 it).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,14 @@ import httpx
 import pytest
 from support.gateway_stack import RunningApp, Stack, admin, model_state_dir, solve_version, wait_settled
 from support.vllm import RunningVLLM, SharedVLLM
-from support.vllm_versions import (
+
+from mathagent.bench.vllm_versions import (
     golden_on_vllm,
     lora_adapter,
     perturbed_checkpoint,
     publish_full,
     publish_lora,
 )
-
-from agent.engines.base import Completion, Delta, GenerationRequest
-from agent.engines.openai_http import OpenAIHTTPEngine
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +45,8 @@ def registry(vllm_shared: SharedVLLM, tokenizer: Any, tmp_path_factory: pytest.T
     v1 = perturbed_checkpoint(base, cache / "smollm2-perturbed-1", seed=1)
     publish_full(reg, v1, tokenizer, "v0001")
     adapter = lora_adapter(base, cache / "smollm2-lora-2", seed=2)
-    publish_lora(reg, adapter, golden_on_vllm(running.url, tokenizer, adapter, "golden-recording"), "v0002")
+    publish_lora(reg, adapter, golden_on_vllm(running.url, tokenizer, adapter, "golden-recording"), "v0002",
+                 base_version=running.version)
     publish_full(reg, perturbed_checkpoint(base, cache / "smollm2-perturbed-3", seed=3), tokenizer, "v0003",
                  wrong_golden=True)
     publish_full(reg, v1, tokenizer, "v0004", truncate=True)
@@ -128,47 +127,32 @@ def test_lora_blue_green_full_reload_and_refusals(app: RunningApp, vllm: Running
         assert server_label(vllm) == base and solve_version(app) == base
 
 
-class RecordingEngine(OpenAIHTTPEngine):
-    """The HTTP engine, noting (prompt ids, requested version, version vLLM reported) per request."""
-
-    served: list[tuple[list[int], str | None, str]]
-
-    async def generate(self, request: GenerationRequest) -> list[Completion]:
-        out = await super().generate(request)
-        for c in out:
-            self.served.append((list(request.prompt_ids), request.version, c.model_version))
-        return out
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        async for delta in super().stream(request):
-            if delta.done is not None:
-                self.served.append((list(request.prompt_ids), request.version, delta.done.model_version))
-            yield delta
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_lora_and_full_swaps_under_load(stack: Stack, vllm: RunningVLLM, registry: Any, tokenizer: Any) -> None:
-    """8 clients for 90 s: an adapter deployed at 10 s, rolled back at 30 s, full weights reloaded
-    in place at 50 s. No request fails, and every episode is answered by one version throughout,
+    """8 clients: an adapter deployed at 10 s, rolled back, full weights reloaded in place, each
+    action 20 s after the one before it settled, the clients on until 20 s after the last. No request fails, and every episode is answered by one version throughout,
     the one its trajectory names (what vLLM reported for each generation request)."""
-    from mathagent.bench.swap import drive
+    from mathagent.bench.swap import RecordingEngine, drive, mixed_episodes
 
     engine = RecordingEngine(vllm.url, tokenizer, model=vllm.served_name, version=vllm.version)
-    engine.served = []
     app = _serve(stack, vllm, registry, engine=engine)
     try:
+        # On this CPU server with 8 clients an adapter's prepare (its golden prompts queue behind the
+        # clients' requests, in batches that mix adapter and base rows) took 108 s: each action waits
+        # for the one before it to settle, then 20 s, so every version serves a while
         plan: list[tuple[float, str, dict[str, Any] | None]] = [
-            (10, "/admin/deploy", {"version": "v0002"}), (30, "/admin/rollback", None),
-            (50, "/admin/deploy", {"version": "v0001"})]
-        report = asyncio.run(drive(app.url, app.token, clients=8, duration_s=90, plan=plan))
+            (10, "/admin/deploy", {"version": "v0002"}), (10, "/admin/rollback", None),
+            (10, "/admin/deploy", {"version": "v0001"})]
+        report = asyncio.run(drive(app.url, app.token, clients=8, duration_s=60, plan=plan, gap_s=20))
         assert not report.failed, [f"{r.route} {r.status} {r.error}" for r in report.failed[:5]]
         lora, back, full = report.actions
         assert (lora.status, back.status, full.status) == (200, 200, 200), [a.record for a in report.actions]
+        assert full.final and full.final["status"] == "retired", full.final
         assert lora.record and lora.record["method"] == "lora-blue-green"
         assert full.record and full.record["method"] == "in-place-reload"
         versions = {r.model_version for r in report.requests}
-        assert versions == {vllm.version, "v0002", "v0001"}, versions
+        assert versions == {vllm.version, "v0002", "v0001"}, (versions, [a.final for a in report.actions])
         for r in report.requests:
             if lora.answered < r.started and r.ended < back.sent:
                 assert r.model_version == "v0002", r
@@ -177,14 +161,7 @@ def test_lora_and_full_swaps_under_load(stack: Stack, vllm: RunningVLLM, registr
         stall = sum(p["seconds"] for p in full.record["phases"] if p["name"] in ("drain", "load", "verify"))
         print(f"full reload: admission held {stall:.2f} s; {len(report.requests)} requests")
 
-        with httpx.Client(base_url=app.url, timeout=60) as c:
-            for r in report.requests:
-                for tid in r.trajectory_ids:
-                    traj = c.get(f"/v1/trajectories/{tid}").json()["trajectory"]
-                    prompt = traj["segments"][0]["token_ids"]
-                    mine = [(asked, by) for ids, asked, by in engine.served if ids[: len(prompt)] == prompt]
-                    assert mine, tid
-                    assert {asked for asked, _ in mine} == {by for _, by in mine} == {traj["model_version"]}, (tid, mine)
+        assert asyncio.run(mixed_episodes(app.url, report, engine)) == []
     finally:
         stack.stop_app(app)
         registry.deactivate()
@@ -263,3 +240,4 @@ def test_vllm_killed_mid_swap_then_back(stack: Stack, vllm: RunningVLLM, vllm_sh
 
 def _path(p: Any) -> Path:
     return Path(p)
+
