@@ -47,7 +47,7 @@ from trainer.progress import Phase, Progress, ProgressFn, ignore_progress
 from trainer.recipe import Recipe
 from trainer.registry import GoldenPrompt, Registry
 from trainer.runstate import RunDir, write_json_durable
-from trainer.save import ADAPTER_DIR
+from trainer.save import ADAPTER_DIR, merge_adapter
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -233,8 +233,18 @@ class Driver:
             if prev is None:
                 raise RuntimeError(f"iteration {i} has no base: iteration {i - 1} published nothing")
             version = prev["version"]
-        lineage = int(self.registry.manifest(version).training_config.get("lineage_iteration", 0)) + 1
-        return {"version": version, "path": str(self.registry.path(version)), "lineage_iteration": lineage,
+        manifest = self.registry.manifest(version)
+        lineage = int(manifest.training_config.get("lineage_iteration", 0)) + 1
+        path = self.registry.path(version)
+        if manifest.kind == "lora":
+            from agent.modelstore import resolve
+
+            # rollouts, training and the gate need a whole checkpoint: the adapter merged into
+            # the weights it was trained on (made once per version, kept in the state dir)
+            base_dir = (self.registry.path(manifest.base_model) if self.registry.path(manifest.base_model).is_dir()
+                        else resolve(manifest.base_model, self.settings.state_dir, allow_download=False).path)
+            path = await asyncio.to_thread(merge_adapter, path, base_dir, self.settings.state_dir / "merged" / version)
+        return {"version": version, "path": str(path), "kind": manifest.kind, "lineage_iteration": lineage,
                 "temperature": self.recipe.temperature(lineage)}
 
     async def step_prompts(self, i: int) -> dict[str, Any]:
@@ -422,8 +432,10 @@ class Driver:
         golden = TypeAdapter(list[GoldenPrompt]).validate_json((d / "golden.json").read_text())
         adapter = d / "train" / ADAPTER_DIR
         kind: Literal["full", "lora"]
-        if self.recipe.lora and (adapter / "adapter_config.json").is_file():
-            # the adapter itself, on the version it was trained from (what vLLM's base slot must hold)
+        if self.recipe.lora and (adapter / "adapter_config.json").is_file() and base.get("kind") != "lora":
+            # the adapter itself, on the version it was trained from (what vLLM's base slot must
+            # hold); an adapter trained on a merged LoRA version is published merged, as full
+            # weights, since vLLM's slot never holds a merged adapter
             src, kind, base_model = adapter, "lora", str(base["version"])
         else:
             src = await asyncio.to_thread(candidate_dir, d / "train", d / "candidate")

@@ -30,3 +30,24 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, *, state_dict: di
     model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
+    """A LoRA version as a full checkpoint: ``base_dir``'s weights with ``adapter_dir`` folded in,
+    and ``base_dir``'s tokenizer (an adapter directory holds none). Written once: an existing
+    ``out_dir`` is returned as is (it is written beside and renamed, so it is never partial)."""
+    import shutil
+
+    from peft import PeftModel
+
+    from agent.modelstore import load_model, load_tokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged = PeftModel.from_pretrained(load_model(base_dir), str(adapter_dir)).merge_and_unload()
+    save_checkpoint(merged, load_tokenizer(base_dir), tmp)
+    tmp.rename(out_dir)
+    return out_dir

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from mathagent.vllm_server import VLLMServer, VLLMServerConfig, VLLMServerError, build_argv, build_env
+from mathagent.vllm_server import (
+    VLLMServer,
+    VLLMServerConfig,
+    VLLMServerError,
+    build_argv,
+    build_env,
+    free_port,
+)
 
 MODEL = Path(__file__)  # any existing path: argv building does not read it
 
@@ -59,7 +66,7 @@ def test_a_server_that_exits_early_fails_with_its_log_tail(tmp_path):
     exe.write_text("#!/bin/sh\necho 'error: argument --dtype: invalid choice' >&2\nexit 2\n")
     exe.chmod(0o755)
     log = tmp_path / "vllm.log"
-    server = VLLMServer(VLLMServerConfig(python=exe, model=tmp_path, log_path=log, start_timeout_s=30))
+    server = VLLMServer(VLLMServerConfig(python=exe, model=tmp_path, log_path=log, start_timeout_s=30, port=free_port()))
     with pytest.raises(VLLMServerError, match=r"exited with status 2(.|\n)*invalid choice"):
         server.start()
     assert not server.alive()

@@ -233,3 +233,44 @@ async def test_schedule_enqueues_after_m_labels_once(prefix, monkeypatch):
         await pool.delete(queue)
         await log.aclose()
         await pool.aclose()
+
+
+async def test_a_lora_version_as_the_base_is_merged_into_a_whole_checkpoint(tmp_path, tiny_model, prefix):
+    """When the active version is a LoRA adapter (what a LoRA retrain publishes), the next
+    iteration rolls out, trains and evaluates from the adapter merged into the weights it was
+    trained on, with their tokenizer (an adapter directory has neither): the merged model gives
+    the adapter's outputs, not the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from agent.modelstore import load_model, load_tokenizer
+    from trainer.iterate import Driver
+    from trainer.registry import Registry
+
+    settings = TrainerSettings(state_dir=tmp_path / "state", model=str(tiny_model), redis_url=REDIS_URL,
+                               redis_prefix=prefix, dev=True, registry_dir=tmp_path / "registry")
+    registry = Registry(settings.registry_dir)
+    registry.publish(tiny_model, base_model=str(tiny_model), version="v0001")
+    torch.manual_seed(0)
+    peft = get_peft_model(load_model(tiny_model), LoraConfig(r=4, init_lora_weights=False,
+                                                             target_modules=["q_proj", "v_proj"]))
+    peft.save_pretrained(tmp_path / "adapter")
+    registry.publish(tmp_path / "adapter", base_model="v0001", parent="v0001", kind="lora", version="v0002")
+    registry.activate("v0002")
+
+    recipe = resolve_recipe(settings, RetrainRequest(dataset="synthetic", train_limit=1, eval_limit=1))
+    driver = Driver(settings, recipe, tmp_path / "run", run_id="lora-base")
+    try:
+        base = await driver.step_base(1)
+    finally:
+        await driver.resources.aclose()
+    assert base["version"] == "v0002" and base["kind"] == "lora"
+    merged = Path(base["path"])
+    assert merged != registry.path("v0002") and (merged / "config.json").is_file()
+    load_tokenizer(merged)  # loads: the base's tokenizer came along
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = peft(ids).logits
+        got = load_model(merged)(ids).logits
+        plain = load_model(tiny_model)(ids).logits
+    assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, plain, atol=1e-4)
