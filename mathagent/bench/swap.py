@@ -307,21 +307,22 @@ def run(*, clients: int = 8, duration_s: float = 30.0, deploy_at_s: float = 15.0
 
     console = Console()
     if engine == "vllm":
-        report, lora_v, full_v = asyncio.run(_run_stack_vllm(clients, duration_s, deploy_at_s, seed, console,
-                                                             vllm_url, vllm_model))
+        report, mixed = asyncio.run(_run_stack_vllm(clients, duration_s, deploy_at_s, seed, console, vllm_url,
+                                                    vllm_model))
         deploys = [a for a in report.actions if a.kind == "deploy"]
         if len(deploys) != 2 or any(a.status != 200 for a in report.actions):
             console.print(f"[red]an admin action failed[/red]: {[(a.kind, a.status, a.record) for a in report.actions]}")
             return 1
-        lora_f, full_f = figures(report, lora_v, deploys[0]), figures(report, full_v, deploys[1])
+        lora_f, full_f = figures(report, "v0001", deploys[0]), figures(report, "v0002", deploys[1])
         console.print(_table(lora_f, f"LoRA hot swap on vLLM under load: {clients} clients, {duration_s:.0f} s"))
         console.print(_table(full_f, "full weights reloaded in place on vLLM, same run"))
         for r in report.failed[:5]:
             console.print(f"[red]failed[/red] {r.route} stream={r.stream}: {r.status} {r.error}")
         console.print(f"LoRA swap window / baseline: {lora_f.ratio:.0%} (goal >= 90%); full reload: admission stall "
                       f"{full_f.stall_s:.2f} s, window / baseline {full_f.ratio:.0%}; failed requests "
-                      f"{len(report.failed)} of {len(report.requests)}")
-        return 0 if not report.failed and lora_f.ratio >= 0.9 else 1
+                      f"{len(report.failed)} of {len(report.requests)}; episodes answered by more than one version, "
+                      f"or by another than they name: {len(mixed)}" + (f" {mixed[:5]}" if mixed else ""))
+        return 0 if not report.failed and not mixed and lora_f.ratio >= 0.9 else 1
     with console.status("building the stack (redis, sandbox, two scripted versions, gateway)..."):
         report, deploy_version = asyncio.run(_run_stack(clients, duration_s, deploy_at_s, seed, console))
     f = figures(report, deploy_version)
@@ -451,10 +452,11 @@ async def _run_stack(clients: int, duration_s: float, deploy_at_s: float, seed: 
 
 
 async def _run_stack_vllm(clients: int, duration_s: float, deploy_at_s: float, seed: int, console: Any,
-                          vllm_url: str | None, vllm_model: str | None) -> tuple[LoadReport, str, str]:
+                          vllm_url: str | None, vllm_model: str | None) -> tuple[LoadReport, list[str]]:
     """SmolLM2 on real vLLM (LoRA on); v0001 a random LoRA adapter, v0002 SmolLM2 with perturbed
     weights. Deploy v0001 at ``deploy_at_s``, then roll back, then deploy v0002 (in place), each a
-    sixth of the remaining time after the action before it settled."""
+    sixth of the remaining time after the action before it settled. Returns the report and the
+    mixed episodes (:func:`mixed_episodes`)."""
     import shutil
     import tempfile
 
@@ -497,12 +499,7 @@ async def _run_stack_vllm(clients: int, duration_s: float, deploy_at_s: float, s
                 console.log(f"driving {clients} clients for {duration_s:.0f} s; deploy v0001 (LoRA) at {deploy_at_s:.0f} "
                             f"s, roll back, deploy v0002 (full), each {gap:.0f} s after the one before settled")
                 report = await drive(url, token, clients=clients, duration_s=duration_s, plan=plan, gap_s=gap, seed=seed)
-                bad = await mixed_episodes(url, report, engine)
-                console.print(f"episodes answered by more than one version, or by another than they name: {len(bad)}"
-                              + (f" {bad[:5]}" if bad else ""))
-                if bad:
-                    report.requests.append(RequestRecord(client=-1, route="check", stream=False, problem="", started=0,
-                                                         ended=0, ok=False, error=f"{len(bad)} mixed episodes"))
-        return report, "v0001", "v0002"
+                mixed = await mixed_episodes(url, report, engine)
+        return report, mixed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
