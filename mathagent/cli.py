@@ -225,10 +225,17 @@ def bench_engine(
     vllm_model: str | None = typer.Option(None, help="its --served-model-name (with --vllm-url)"),
 ) -> None:
     """Tokens/s of the in-process engine and of real vLLM on the same checkpoint, 1/8/32 concurrent, side by side."""
+    from agent.engines.base import EngineError
+    from agent.modelstore import ModelSpecError
     from mathagent.bench.engine import run
+    from mathagent.errors import fail
+    from mathagent.vllm_server import VLLMServerError
 
-    run(model, new_tokens=new_tokens, engines=tuple(e.value for e in engine), levels=tuple(concurrency),
-        threads=threads, vllm_url=vllm_url, vllm_model=vllm_model)
+    try:
+        run(model, new_tokens=new_tokens, engines=tuple(e.value for e in engine), levels=tuple(concurrency),
+            threads=threads, vllm_url=vllm_url, vllm_model=vllm_model)
+    except (ModelSpecError, VLLMServerError, EngineError) as exc:
+        raise typer.Exit(fail(str(exc))) from None
 
 
 @bench_app.command("trainer")

@@ -212,6 +212,7 @@ def run_bench(
     import contextlib
 
     from agent.configuration import load
+    from agent.engines.base import EngineError
     from agent.modelstore import ModelSpecError, resolve
     from agent.runtime import SandboxStartError
     from agent.settings import AgentSettings
@@ -232,7 +233,7 @@ def run_bench(
             rows, trajectories = asyncio.run(
                 _legs(engines, levels, episodes, max_new_tokens, max_turns, seed, server, console)
             )
-    except (ModelSpecError, SandboxStartError, VLLMServerError) as exc:
+    except (ModelSpecError, SandboxStartError, VLLMServerError, EngineError) as exc:
         return fail(str(exc))
     _report(rows, trajectories, levels)
     return 0

@@ -307,8 +307,15 @@ def run(*, clients: int = 8, duration_s: float = 30.0, deploy_at_s: float = 15.0
 
     console = Console()
     if engine == "vllm":
-        report, mixed = asyncio.run(_run_stack_vllm(clients, duration_s, deploy_at_s, seed, console, vllm_url,
-                                                    vllm_model))
+        from mathagent.vllm_server import VLLMServerError
+
+        try:
+            report, mixed = asyncio.run(_run_stack_vllm(clients, duration_s, deploy_at_s, seed, console, vllm_url,
+                                                        vllm_model))
+        except VLLMServerError as exc:
+            from mathagent.errors import fail
+
+            return fail(str(exc))
         deploys = [a for a in report.actions if a.kind == "deploy"]
         if len(deploys) != 2 or any(a.status != 200 for a in report.actions):
             console.print(f"[red]an admin action failed[/red]: {[(a.kind, a.status, a.record) for a in report.actions]}")
