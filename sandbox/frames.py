@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sandbox.protocol import HEADER
+from sandbox.protocol import HEADER, arecv_exact
 
 MAX_DONE = 4096  # the harness's frame is < 400 bytes: nonce, a bool and a type name cut to 200 chars
 EXC_TYPE_MAX = 200
@@ -42,23 +42,13 @@ class DoneFrame(BaseModel):
     exc_type: str | None = Field(None, max_length=EXC_TYPE_MAX)
 
 
-async def _exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await loop.sock_recv(sock, n - len(buf))
-        if not chunk:
-            raise EOFError("channel closed")
-        buf += chunk
-    return bytes(buf)
-
-
 async def read_done(loop: asyncio.AbstractEventLoop, sock: socket.socket, nonce: str) -> DoneFrame:
     """The next frame, which must be the answer to the cell sent with ``nonce``. EOFError when the
     worker closed the channel (it exited or closed fd 3), ProtocolViolation for anything else wrong."""
-    (size,) = HEADER.unpack(await _exact(loop, sock, HEADER.size))
+    (size,) = HEADER.unpack(await arecv_exact(loop, sock, HEADER.size))
     if size > MAX_DONE:
         raise ProtocolViolation(f"a frame of {size} bytes (at most {MAX_DONE})")
-    body = await _exact(loop, sock, size)
+    body = await arecv_exact(loop, sock, size)
     try:
         frame = DoneFrame.model_validate_json(body)
     except (ValidationError, ValueError, RecursionError, MemoryError):

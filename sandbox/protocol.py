@@ -38,23 +38,24 @@ def recv(sock: socket.socket) -> dict[str, Any]:
     return msg
 
 
+async def arecv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from a non-blocking socket; EOFError when the peer closes first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise EOFError("channel closed")
+        buf += chunk
+    return bytes(buf)
+
+
 async def arecv(loop: asyncio.AbstractEventLoop, sock: socket.socket, max_size: int = 1 << 16) -> dict[str, Any]:
     """Read one frame from a non-blocking socket; a peer that sends garbage gets ValueError."""
-
-    async def exact(n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = await loop.sock_recv(sock, n - len(buf))
-            if not chunk:
-                raise EOFError("channel closed")
-            buf += chunk
-        return bytes(buf)
-
-    (size,) = HEADER.unpack(await exact(HEADER.size))
+    (size,) = HEADER.unpack(await arecv_exact(loop, sock, HEADER.size))
     if size > max_size:
         raise ValueError("frame too large")
     try:
-        msg = json.loads(await exact(size))
+        msg = json.loads(await arecv_exact(loop, sock, size))
     except RecursionError:
         raise ValueError("frame nested too deeply") from None
     if not isinstance(msg, dict):
