@@ -340,28 +340,33 @@ def run(*, clients: int = 8, duration_s: float = 30.0, deploy_at_s: float = 15.0
     return 0 if f.failed == 0 and f.ratio >= 0.8 else 1
 
 
-class RecordingEngine(OpenAIHTTPEngine):
-    """The vLLM engine, noting per generation request (prompt ids, the version asked for, the
-    version vLLM reported): what :func:`mixed_episodes` checks trajectories against."""
+class RecordsServed:
+    """Mixed into an engine class (as the first base): notes per generation request (prompt ids,
+    the version asked for, the version that reported serving it) in ``served``, what
+    :func:`mixed_episodes` and the in-process load test check trajectories against."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.served: list[tuple[list[int], str | None, str]] = []
 
     async def generate(self, request: GenerationRequest) -> list[Completion]:
-        out = await super().generate(request)
+        out: list[Completion] = await super().generate(request)  # type: ignore[misc]  # the engine base class
         for c in out:
             self.served.append((list(request.prompt_ids), request.version, c.model_version))
         return out
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        async for delta in super().stream(request):
+        async for delta in super().stream(request):  # type: ignore[misc]  # the engine base class
             if delta.done is not None:
                 self.served.append((list(request.prompt_ids), request.version, delta.done.model_version))
             yield delta
 
 
-async def mixed_episodes(url: str, report: LoadReport, engine: RecordingEngine) -> list[str]:
+class RecordingEngine(RecordsServed, OpenAIHTTPEngine):
+    """The vLLM engine, recording what served each generation request."""
+
+
+async def mixed_episodes(url: str, report: LoadReport, engine: RecordsServed) -> list[str]:
     """Trajectories of the run that a version other than the one they name took part in (a
     generation request of the episode asked for, or was answered by, another version); or that
     no generation request can be found for. Empty when every episode ran on one version."""

@@ -10,34 +10,19 @@ each episode request by request: one version throughout, the one its trajectory 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from support.gateway_stack import RunningApp, Stack, model_state_dir
 
-from agent.engines.base import Completion, Delta, GenerationRequest
 from agent.engines.transformers_engine import TransformersEngine
+from mathagent.bench.swap import RecordsServed
 
 ANSWER = {"v0001": "7", "v0002": "3"}
 
 
-class RecordingEngine(TransformersEngine):
-    """The in-process engine, noting (prompt ids, requested version, version that served) per request."""
-
-    served: list[tuple[list[int], str | None, str]]
-
-    async def generate(self, request: GenerationRequest) -> list[Completion]:
-        out = await super().generate(request)
-        for c in out:
-            self.served.append((list(request.prompt_ids), request.version, c.model_version))
-        return out
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        async for delta in super().stream(request):
-            if delta.done is not None:
-                self.served.append((list(request.prompt_ids), request.version, delta.done.model_version))
-            yield delta
+class RecordingEngine(RecordsServed, TransformersEngine):
+    """The in-process engine, recording what served each generation request."""
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,6 @@ def load_app(stack: Stack, tokenizer: Any, tmp_path_factory: pytest.TempPathFact
     registry.activate("v0001")
     assert registry.manifest("v0001").golden[0].expected != registry.manifest("v0002").golden[0].expected
     engine = RecordingEngine(load_model(registry.path("v0001")), tokenizer, "v0001")
-    engine.served = []
     app = stack.serve(engine, registry_dir=registry.root, max_new_tokens=24, max_total_tokens=1024, max_turns=2,
                       rate_limit_per_minute=0)
     app.state.extra["test_registry"] = registry
