@@ -22,6 +22,8 @@ from agent.engines.base import EngineUnavailableError
 
 log = logging.getLogger("mathagent.api")
 
+RETRY_AFTER_S = 5  # what a 503 while a component is down tells the client to wait
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -146,7 +148,7 @@ def install(app: FastAPI) -> None:
         return error_response(
             503, ErrorBody(message="the model server is not answering: retry in a few seconds (GET /readyz shows "
                            "each component)", type=error_type(503), code="model_unavailable"),
-            {"retry-after": "5"},
+            {"retry-after": str(RETRY_AFTER_S)},
         )
 
     @app.exception_handler(Exception)

@@ -30,7 +30,7 @@ from agent.events import (
 )
 from agent.solver import SolveError
 from agent.trajectory import Mode, SegmentKind, Trajectory
-from api.errors import ApiError
+from api.errors import RETRY_AFTER_S, ApiError
 from api.limits import client_key
 from api.pinned import PinnedEngine
 from api.protocol import (
@@ -127,7 +127,6 @@ def readable(state: AppState, text: str) -> str:
     return text
 
 
-RETRY_AFTER_S = 5  # what a 503 while a component is down tells the client to wait
 SANDBOX_PROBE_OK_S = 2.0  # a sandbox that answered this recently is not asked again
 
 

@@ -44,15 +44,13 @@ class VersionSource:
 def load_weights(source: VersionSource, state_dir: Path) -> Any:
     """The transformers model of ``source`` (runs in a worker thread: disk and CPU bound)."""
     from agent.modelstore import load_model, resolve
+    from trainer.save import merged_model
 
     if source.kind == "full":
         return load_model(source.path)
-    from peft import PeftModel
-
     if source.base_path is None and not source.base_model:
         raise ValueError(f"LoRA version {source.version} names no base model")
-    base = load_model(source.base_path or resolve(str(source.base_model), state_dir).path)
-    return PeftModel.from_pretrained(base, str(source.path)).merge_and_unload()
+    return merged_model(source.path, source.base_path or resolve(str(source.base_model), state_dir).path)
 
 
 class TransformersBackend:

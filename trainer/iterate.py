@@ -241,8 +241,9 @@ class Driver:
 
             # rollouts, training and the gate need a whole checkpoint: the adapter merged into
             # the weights it was trained on (made once per version, kept in the state dir)
-            base_dir = (self.registry.path(manifest.base_model) if self.registry.path(manifest.base_model).is_dir()
-                        else resolve(manifest.base_model, self.settings.state_dir, allow_download=False).path)
+            base_dir = self.registry.path(manifest.base_model)
+            if not base_dir.is_dir():
+                base_dir = resolve(manifest.base_model, self.settings.state_dir, allow_download=False).path
             path = await asyncio.to_thread(merge_adapter, path, base_dir, self.settings.state_dir / "merged" / version)
         return {"version": version, "path": str(path), "kind": manifest.kind, "lineage_iteration": lineage,
                 "temperature": self.recipe.temperature(lineage)}

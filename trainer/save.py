@@ -32,22 +32,28 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, *, state_dict: di
     return out_dir
 
 
+def merged_model(adapter_dir: Path, base_dir: Path) -> Any:
+    """The model of ``base_dir`` with the LoRA adapter ``adapter_dir`` folded into its weights."""
+    from peft import PeftModel
+
+    from agent.modelstore import load_model
+
+    return PeftModel.from_pretrained(load_model(base_dir), str(adapter_dir)).merge_and_unload()
+
+
 def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     """A LoRA version as a full checkpoint: ``base_dir``'s weights with ``adapter_dir`` folded in,
     and ``base_dir``'s tokenizer (an adapter directory holds none). Written once: an existing
     ``out_dir`` is returned as is (it is written beside and renamed, so it is never partial)."""
     import shutil
 
-    from peft import PeftModel
-
-    from agent.modelstore import load_model, load_tokenizer
+    from agent.modelstore import load_tokenizer
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged = PeftModel.from_pretrained(load_model(base_dir), str(adapter_dir)).merge_and_unload()
-    save_checkpoint(merged, load_tokenizer(base_dir), tmp)
+    save_checkpoint(merged_model(adapter_dir, base_dir), load_tokenizer(base_dir), tmp)
     tmp.rename(out_dir)
     return out_dir

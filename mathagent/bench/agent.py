@@ -62,7 +62,7 @@ async def _legs(
     from agent.engines.base import GenerationRequest
     from agent.engines.openai_http import OpenAIHTTPEngine
     from agent.engines.transformers_engine import TransformersEngine
-    from agent.modelstore import load_tokenizer, resolve
+    from agent.modelstore import resolve
     from agent.runtime import Resources
     from agent.settings import AgentSettings
 
@@ -83,9 +83,7 @@ async def _legs(
         for name in engines:
             engine: Any
             if name == "vllm":
-                engine = OpenAIHTTPEngine(
-                    vllm.url, load_tokenizer(resolved.path), model=vllm.served_name, version=resolved.version
-                )
+                engine = OpenAIHTTPEngine.from_path(vllm.url, resolved.path, model=vllm.served_name, version=resolved.version)
             else:
                 with console.status("loading the model..."):
                     engine = await res.engine(resolved.path, resolved.version)

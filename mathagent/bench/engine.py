@@ -75,14 +75,13 @@ async def _rows(
 ) -> list[BenchRow]:
     from agent.engines.openai_http import OpenAIHTTPEngine
     from agent.engines.transformers_engine import TransformersEngine
-    from agent.modelstore import load_tokenizer
 
     rows: list[BenchRow] = []
     for name in engines:
         engine: Any
         if name == "vllm":
             assert vllm_url is not None
-            engine = OpenAIHTTPEngine(vllm_url, load_tokenizer(path), model=served_name, version=version)
+            engine = OpenAIHTTPEngine.from_path(vllm_url, path, model=served_name, version=version)
         else:
             engine = TransformersEngine.from_path(path, version=version, threads=threads)
         try:
