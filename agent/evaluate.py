@@ -43,6 +43,7 @@ class EvalReport(BaseModel):
     revised_accuracy: float | None = Field(None, description="greedy accuracy after the revisions, when revisions > 0")
     tool_call_rate: float = Field(description="share of greedy trajectories with at least one tool call")
     elapsed_s: float
+    engine: str | None = Field(None, description="the engine that generated (vllm or transformers; set by the caller)")
     trajectories_path: str | None = None
     outcomes: list[ProblemOutcome]
 

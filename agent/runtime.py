@@ -24,6 +24,7 @@ from agent.loop import Sandbox
 from agent.settings import AgentSettings
 
 if TYPE_CHECKING:
+    from agent.engines.openai_http import OpenAIHTTPEngine
     from agent.solver import Solver, SolverSettings
     from agent.trajlog import TrajectoryLog, TrajectorySink
 
@@ -43,6 +44,21 @@ def build_engine(settings: AgentSettings, path: Path | None = None, version: str
         resolved = resolve(settings.model, settings.state_dir)
         path, version = resolved.path, version or resolved.version
     return TransformersEngine.from_path(path, version=version or Path(path).name, threads=settings.torch_threads)
+
+
+def build_vllm_engine(settings: AgentSettings, tokenizer_path: Path | None = None) -> OpenAIHTTPEngine:
+    """An engine on the configured vLLM server (``MATHAGENT_VLLM_URL``), requests naming its base
+    weights by ``MATHAGENT_VLLM_MODEL`` (default: the resolved MATHAGENT_MODEL path, what vLLM
+    calls a model started without ``--served-model-name``). The weights vLLM was started with are
+    MATHAGENT_MODEL: its label ``default`` is reported as that model's content id. The tokenizer is
+    read locally, from ``tokenizer_path`` (default: the configured model)."""
+    from agent.engines.openai_http import OpenAIHTTPEngine
+    from agent.modelstore import resolve
+
+    resolved = resolve(settings.model, settings.state_dir)
+    served = settings.vllm_model or str(resolved.path)
+    return OpenAIHTTPEngine.from_path(settings.vllm_url, tokenizer_path or resolved.path, model=served,
+                                      version=resolved.version)
 
 
 class Resources:

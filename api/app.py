@@ -49,14 +49,13 @@ def build_engine(settings: GatewaySettings) -> VersionedEngine:
     own deployment; the registry's active version is swapped onto it by :func:`build_state`."""
     from agent import modelstore
 
-    resolved = modelstore.resolve(settings.model, settings.state_dir)
     if settings.engine == "vllm":  # the tokenizer is read locally; generation happens on the vLLM server
-        from agent.engines.openai_http import OpenAIHTTPEngine
+        from agent.runtime import build_vllm_engine
 
-        served = settings.vllm_model or str(resolved.path)
-        return OpenAIHTTPEngine.from_path(settings.vllm_url, resolved.path, model=served, version=resolved.version)
+        return build_vllm_engine(settings)
     from agent.engines.transformers_engine import TransformersEngine
 
+    resolved = modelstore.resolve(settings.model, settings.state_dir)
     registry = registry_of(settings)
     active = registry.active()
     if active is None:

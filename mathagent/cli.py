@@ -212,6 +212,33 @@ def bench_agent(
                                vllm_model=vllm_model))
 
 
+@bench_app.command("rollouts")
+def bench_rollouts(
+    prompts: int = typer.Option(8, min=1, help="training prompts (the synthetic recipe's split)"),
+    samples: int = typer.Option(8, min=1, help="rollouts per prompt (the trainer's default, MATHAGENT_SAMPLES)"),
+    concurrency: int = typer.Option(8, min=1, help="prompts in flight, each running its samples together (the "
+                                    "trainer's default, MATHAGENT_ROLLOUT_CONCURRENCY)"),
+    max_new_tokens: int = typer.Option(128, min=1, help="per model turn"),
+    max_turns: int = typer.Option(2, min=1, help="tool calls per episode"),
+    temperature: float = typer.Option(0.8, min=0.0, help="rollout temperature (IRPO's first iterations)"),
+    seed: int = typer.Option(0, help="data and sampling seed"),
+    users: int = typer.Option(6, min=0, help="user solves timed on idle vLLM, then as many as fit during its "
+                              "rollouts (0: none)"),
+    engine: list[EngineChoice] = typer.Option(list(EngineChoice), help="engines to measure (repeat the option)"),
+    vllm_url: str | None = typer.Option(None, help="measure this running vLLM server (serving MATHAGENT_MODEL) "
+                                        "instead of starting one from .venv-vllm"),
+    vllm_model: str | None = typer.Option(None, help="its --served-model-name (with --vllm-url)"),
+) -> None:
+    """Trajectories/min of one iteration's rollout phase on the in-process engine and on real vLLM, side by
+    side, and user solve latency on vLLM idle vs during its rollouts."""
+    from mathagent.bench.rollouts import run_bench
+
+    raise typer.Exit(run_bench(prompts=prompts, samples=samples, concurrency=concurrency,
+                               max_new_tokens=max_new_tokens, max_turns=max_turns, temperature=temperature, seed=seed,
+                               users=users, engines=tuple(e.value for e in engine), vllm_url=vllm_url,
+                               vllm_model=vllm_model))
+
+
 @bench_app.command("engine")
 def bench_engine(
     model: str = typer.Option(TrainConfig.model_fields["model"].default, help="model spec (smollm2, a checkpoint "

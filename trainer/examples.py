@@ -239,7 +239,16 @@ def _head(model: torch.nn.Module) -> torch.nn.Linear | None:
 
 
 def packed_logps(model: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed model-token log-probs of each packed sequence, and their model-token counts.
+    """Summed model-token log-probs of each packed sequence, and their model-token counts
+    (:func:`packed_token_logps` summed per sequence)."""
+    per_token = packed_token_logps(model, batch)
+    sums = torch.zeros(batch.n_sequences, dtype=per_token.dtype, device=per_token.device)
+    sums = sums.index_add(0, batch.seq_index, per_token)
+    return sums, batch.n_model_tokens
+
+
+def packed_token_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """The log-prob of every model token of the packed sequences, in ``batch.labels`` order.
 
     One forward pass for every sequence of the micro-batch (chosen and rejected together),
     through ``model.__call__`` so DDP / FSDP / DeepSpeed / PEFT wrappers see the forward. Inside
@@ -271,7 +280,4 @@ def packed_logps(model: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tens
             head.forward = own_forward  # type: ignore[union-attr,method-assign]
         elif head is not None:
             del head.forward  # back to the class's forward
-    per_token = out.logits[0, :, 0] if head is not None else token_logps(out.logits[0], batch.labels)
-    sums = torch.zeros(batch.n_sequences, dtype=per_token.dtype, device=per_token.device)
-    sums = sums.index_add(0, batch.seq_index, per_token)
-    return sums, batch.n_model_tokens
+    return out.logits[0, :, 0] if head is not None else token_logps(out.logits[0], batch.labels)

@@ -90,6 +90,9 @@ class ExperimentConfig(BaseModel):
     levels: list[int] = Field(default_factory=lambda: list(LEVELS), description="tasks: difficulty levels, e.g. 1-3 "
                               "or 1,2,5")
     model: str = Field(EMBEDDED_SPEC, description="model spec: smollm2, a checkpoint directory or a hub id")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="engine of every row's rollouts and evaluations: the in-process one, or a vLLM "
+        "server the command starts for the experiment (from .venv-vllm), reloaded in place with each row's weights")
     train_limit: int = Field(32, ge=1, description="training problems")
     eval_limit: int = Field(40, ge=1, description="held-out problems every row is measured on")
     eval_split: Literal["train", "test"] = Field(
@@ -347,6 +350,9 @@ class Experiment:
             "sample_temperature": config.temperature, "max_turns": config.max_turns,
             "max_new_tokens": config.max_new_tokens}))
         self._split: tuple[list[Problem], list[Problem]] | None = None
+        if config.engine == "vllm" and settings.engine != "vllm":
+            raise ExperimentError("engine vllm: the experiment needs its own vLLM server (`mathagent experiment "
+                                  "--engine vllm` starts one and sets MATHAGENT_ENGINE / MATHAGENT_VLLM_URL for it)")
 
     # -- the run directory ----------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -521,7 +527,7 @@ class Experiment:
             report = EvalReport.model_validate_json(cache.read_text())
         else:
             sandbox = await self.resources.sandbox()
-            engine = await self.resources.engine(path, version)
+            engine = await self._engine(path, version)
             count = 0
 
             def on_done(_: object) -> None:
@@ -635,7 +641,7 @@ class Experiment:
         t0 = time.monotonic()
         rollouts_path = self.rollouts_path(spec)
         sandbox = await self.resources.sandbox()
-        engine = await self.resources.engine(start_path, start.split()[-1])
+        engine = await self._engine(start_path, start.split()[-1])
         try:
             tokenizer = await asyncio.to_thread(load_tokenizer, start_path)
             solver = Solver(engine, sandbox, None, self.resources.solver_settings())
@@ -786,7 +792,7 @@ class Experiment:
             return EvalReport.model_validate_json(cache.read_text())
         _, heldout = self.split()
         sandbox = await self.resources.sandbox()
-        engine = await self.resources.engine(path, version)
+        engine = await self._engine(path, version)
 
         revises = spec.revise or spec.kind == "revise"
 
@@ -802,6 +808,15 @@ class Experiment:
             await engine.aclose()
         write_json_durable(cache, report.model_dump_json())
         return report
+
+    async def _engine(self, path: Path, version: str) -> Any:
+        """The engine of one row's rollouts or evaluation: in process, or (``engine: vllm``) the
+        experiment's own vLLM server with the row's weights loaded in place."""
+        if self.config.engine == "vllm":
+            from trainer.engines import reloaded_engine
+
+            return await reloaded_engine(self.settings, path, version)
+        return await self.resources.engine(path, version)
 
     def _cleanup(self, name: str) -> None:
         """After a row is recorded: its weights live in the registry; drop the training copy

@@ -7,10 +7,13 @@ Per iteration (docs/algorithms.md, IRPO with the agent's multi-turn trajectories
              iteration's promoted version; its lineage depth picks the rollout temperature.
 2. prompts   the training set (gold answers) + logged user trajectories with or without labels;
              the held-out problems of the gate.
-3. rollouts  N samples per prompt from the current version through the agent loop and sandbox.
+3. rollouts  N samples per prompt from the current version through the agent loop and sandbox;
+             on a vLLM stack through the serving vLLM (:mod:`trainer.engines` says which engine
+             each step uses and why; the job's progress names it).
 4. pairs     IRPO on labelled prompts (gold solutions join the winners), ScPO on unlabelled ones.
 5. train     DPO + NLL in a subprocess under ``accelerate launch``; reference = the current version.
-6. eval      candidate and current, greedy, on the same held-out problems: promote only if a
+6. eval      candidate and current, greedy, on the same held-out problems (on vLLM: the current
+             version as served, a LoRA candidate as a private adapter): promote only if a
              paired non-inferiority test at margin ``tolerance`` says the candidate is not worse
              (:mod:`trainer.gate`); otherwise the run stops, rejected, with the test's numbers
              recorded, and nothing is published.
@@ -42,6 +45,7 @@ from agent.datasets import Problem
 from agent.evaluate import EvalReport, ProblemOutcome
 from agent.runtime import Resources
 from trainer.collect import IterPrompt, dataset_split, from_problem, logged_prompts
+from trainer.engines import StepEngines, unavailable
 from trainer.gate import GateResult, decide, evaluate_engine, golden_prompts
 from trainer.progress import Phase, Progress, ProgressFn, ignore_progress
 from trainer.recipe import Recipe
@@ -162,6 +166,7 @@ class Driver:
         self.registry = Registry(settings.registry_path)
         self.rep = _Reporter(progress, recipe.iterations)
         self.resources = Resources(settings)
+        self.engines = StepEngines(self.resources, run_id)
 
     # -- the run --------------------------------------------------------------------------------
     async def run(self) -> RunOutcome:
@@ -171,6 +176,7 @@ class Driver:
         if cleaned:
             log.warning("removed %d half-written version(s) from the registry's staging area", cleaned)
         active_before = self.registry.active()
+        await self.engines.unload_leftovers()
         outcomes: list[IterationOutcome] = []
         status: Literal["succeeded", "rejected", "no_pairs"] = "succeeded"
         try:
@@ -236,7 +242,9 @@ class Driver:
         manifest = self.registry.manifest(version)
         lineage = int(manifest.training_config.get("lineage_iteration", 0)) + 1
         path = self.registry.path(version)
+        adapter: dict[str, str] = {}
         if manifest.kind == "lora":
+            adapter = {"adapter": str(path), "adapter_base": manifest.base_model}  # what vLLM loads
             from agent.modelstore import resolve
 
             # rollouts, training and the gate need a whole checkpoint: the adapter merged into
@@ -246,7 +254,7 @@ class Driver:
                 base_dir = resolve(manifest.base_model, self.settings.state_dir, allow_download=False).path
             path = await asyncio.to_thread(merge_adapter, path, base_dir, self.settings.state_dir / "merged" / version)
         return {"version": version, "path": str(path), "kind": manifest.kind, "lineage_iteration": lineage,
-                "temperature": self.recipe.temperature(lineage)}
+                "temperature": self.recipe.temperature(lineage), **adapter}
 
     async def step_prompts(self, i: int) -> dict[str, Any]:
         await self.rep.set(phase=Phase.prompts)
@@ -274,32 +282,36 @@ class Driver:
                 "from_log": sum(p.origin == "log" for p in prompts), "heldout": len(split.heldout), "note": note}
 
     async def step_rollouts(self, i: int, base: dict[str, Any]) -> dict[str, Any]:
+        from agent.engines.base import EngineUnavailableError
         from agent.modelstore import load_tokenizer
         from agent.solver import Solver
         from trainer.rollouts import run_rollouts
 
         d = self.rd.iter_dir(i)
         prompts = _read_jsonl(d / "prompts.jsonl", IterPrompt)
-        await self.rep.set(phase=Phase.rollouts, done=0, total=len(prompts))
+        await self.rep.set(phase=Phase.rollouts, done=0, total=len(prompts), engine=None)
         sandbox = await self.resources.sandbox()
-        engine = await self.resources.engine(Path(base["path"]), base["version"])
+        adapter = base.get("adapter")
         try:
-            tokenizer = await asyncio.to_thread(load_tokenizer, Path(base["path"]))
-            solver = Solver(engine, sandbox, None, self.resources.solver_settings())
+            async with self.engines.open(base["version"], Path(base["path"]), adapter=Path(adapter) if adapter else None,
+                                         adapter_base=base.get("adapter_base")) as (engine, choice):
+                await self.rep.set(engine=choice.describe())
+                tokenizer = await asyncio.to_thread(load_tokenizer, Path(base["path"]))
+                solver = Solver(engine, sandbox, None, self.resources.solver_settings())
 
-            async def on_done(done: int, total: int) -> None:
-                await self.rep.set(done=done, total=total)
+                async def on_done(done: int, total: int) -> None:
+                    await self.rep.set(done=done, total=total)
 
-            records = await run_rollouts(
-                solver, prompts, d / "rollouts.jsonl", samples=self.recipe.samples, temperature=base["temperature"],
-                concurrency=self.recipe.concurrency, seed=self.recipe.seed, iteration=base["lineage_iteration"],
-                tokenizer=tokenizer, on_done=on_done,
-            )
-        finally:
-            await engine.aclose()
+                records = await run_rollouts(
+                    solver, prompts, d / "rollouts.jsonl", samples=self.recipe.samples,
+                    temperature=base["temperature"], concurrency=self.recipe.concurrency, seed=self.recipe.seed,
+                    iteration=base["lineage_iteration"], tokenizer=tokenizer, on_done=on_done,
+                )
+        except EngineUnavailableError as exc:
+            raise unavailable(exc, self.settings.vllm_url, "rollouts") from exc
         trajs = [t for r in records.values() for t in r.trajectories]
         graded = [t for t in trajs if t.correct is not None]
-        return {"prompts": len(records), "trajectories": len(trajs),
+        return {"prompts": len(records), "trajectories": len(trajs), "engine": choice.describe(),
                 "sample_accuracy": (sum(bool(t.correct) for t in graded) / len(graded)) if graded else None,
                 "gold_solutions": sum(r.gold is not None for r in records.values())}
 
@@ -354,17 +366,20 @@ class Driver:
                 "train_s": result.train_s, "reference_s": result.reference_s, "resumed_from_step": resumed_from,
                 "config": config.model_dump(mode="json")}
 
-    async def _eval(self, path: Path, version: str, heldout: list[Problem], cache: Path, label: str) -> EvalReport:
+    async def _eval(self, path: Path, version: str, heldout: list[Problem], cache: Path, label: str, *,
+                    adapter: Path | None = None, adapter_base: str | None = None) -> EvalReport:
         """``label``'s greedy report on ``heldout`` (cached in ``cache``); progress counts problems
-        (both versions' in one total) and ``accuracy_<label>`` is its accuracy so far."""
+        (both versions' in one total) and ``accuracy_<label>`` is its accuracy so far. On vLLM a
+        LoRA ``adapter`` over ``adapter_base`` is what is loaded (see :mod:`trainer.engines`)."""
+        from agent.engines.base import EngineUnavailableError
+
         field = f"accuracy_{label}"
         if cache.is_file():
             report = EvalReport.model_validate_json(cache.read_text())
             await self.rep.set(**{field: report.greedy_accuracy})
             return report
-        await self.rep.set(phase=Phase.eval, message=f"evaluating {label}")
+        await self.rep.set(phase=Phase.eval, message=f"evaluating {label}", engine=None)
         sandbox = await self.resources.sandbox()
-        engine = await self.resources.engine(path, version)
         seen = correct = 0
 
         def on_outcome(outcome: ProblemOutcome) -> Awaitable[None]:
@@ -377,15 +392,18 @@ class Driver:
             return self.rep.fn(self.rep.now)
 
         try:
-            report = await evaluate_engine(engine, sandbox, heldout, dataset=self.recipe.dataset,
-                                           settings=self.resources.solver_settings(), concurrency=self.recipe.concurrency,
-                                           on_outcome=on_outcome)
-            if label == "candidate":
-                golden = await golden_prompts(engine, heldout)
-                write_json_durable(cache.with_name("golden.json"),
-                                   "[" + ",".join(g.model_dump_json() for g in golden) + "]")
-        finally:
-            await engine.aclose()
+            async with self.engines.open(version, path, adapter=adapter, adapter_base=adapter_base) as (engine, choice):
+                await self.rep.set(engine=choice.describe())
+                report = await evaluate_engine(engine, sandbox, heldout, dataset=self.recipe.dataset,
+                                               settings=self.resources.solver_settings(),
+                                               concurrency=self.recipe.concurrency, on_outcome=on_outcome)
+                if label == "candidate":
+                    golden = await golden_prompts(engine, heldout)
+                    write_json_durable(cache.with_name("golden.json"),
+                                       "[" + ",".join(g.model_dump_json() for g in golden) + "]")
+        except EngineUnavailableError as exc:
+            raise unavailable(exc, self.settings.vllm_url, f"the evaluation of the {label} version") from exc
+        report = report.model_copy(update={"engine": choice.describe()})
         write_json_durable(cache, report.model_dump_json())
         return report
 
@@ -403,15 +421,22 @@ class Driver:
         done = len(heldout) * (int(current_cache.is_file()) + int(candidate_cache.is_file()))
         await self.rep.set(phase=Phase.eval, done=done, total=total, accuracy_current=None, accuracy_candidate=None,
                            message="")
-        current = await self._eval(Path(base["path"]), base["version"], heldout, current_cache, "current")
-        candidate = await self._eval(d / "train", f"candidate-{self.run_id}-{i}", heldout, candidate_cache, "candidate")
+        adapter = base.get("adapter")
+        current = await self._eval(Path(base["path"]), base["version"], heldout, current_cache, "current",
+                                   adapter=Path(adapter) if adapter else None, adapter_base=base.get("adapter_base"))
+        # a LoRA candidate trained on the current version's whole weights is published as that
+        # adapter (step_publish), and evaluated as it on vLLM
+        trained = d / "train" / ADAPTER_DIR
+        lora = self.recipe.lora and (trained / "adapter_config.json").is_file() and base.get("kind") != "lora"
+        candidate = await self._eval(d / "train", f"candidate-{self.run_id}-{i}", heldout, candidate_cache, "candidate",
+                                     adapter=trained if lora else None, adapter_base=base["version"] if lora else None)
         r = self.recipe
         gate = decide(base["version"], current, candidate, r.tolerance, min_problems=r.gate_min_problems,
                       alpha=r.gate_alpha, force=r.force_promote)
         await self.rep.set(phase=Phase.eval, done=total, total=total,
                            accuracy_current=gate.accuracy_current, accuracy_candidate=gate.accuracy_candidate,
                            message=gate.reason)
-        return {"gate": gate.model_dump(mode="json")}
+        return {"gate": gate.model_dump(mode="json"), "engines": {"current": current.engine, "candidate": candidate.engine}}
 
     async def step_publish(self, i: int, base: dict[str, Any], train: dict[str, Any], gate_out: dict[str, Any],
                            pairs: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class Progress(BaseModel):
     margin: float | None = None
     accuracy_current: float | None = Field(None, description="eval gate: held-out greedy accuracy of the current version")
     accuracy_candidate: float | None = None
+    engine: str | None = Field(None, description="rollouts and eval: the engine generating (vllm or transformers, "
+                               "with the adapter or the reason for an in-process fallback)")
     message: str = ""
 
 

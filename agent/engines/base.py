@@ -24,6 +24,8 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list, description="stop strings; the matched string is kept in the output")
     n: int = 1
     version: str | None = Field(None, description="pin a model version (hot swap); None = the active one")
+    logprobs: bool = Field(False, description="return each sampled token's log-probability under the model "
+                           "(before temperature and top-p)")
 
 
 class FinishReason(StrEnum):
@@ -39,6 +41,7 @@ class Completion(BaseModel):
     stop_string: str | None = Field(None, description="which stop string ended generation, if any")
     eos: bool = Field(False, description="generation ended on the end-of-turn / eos token")
     model_version: str
+    logprobs: list[float] | None = Field(None, description="one per token id, when the request asked for them")
 
 
 class Delta(BaseModel):

@@ -84,10 +84,21 @@ class WeightVersionSpan(BaseModel):
     end: int
 
 
+class _LogProb(BaseModel):
+    logprob: float
+
+
+class _LogProbs(BaseModel):
+    """A text-mode choice's ``logprobs``: one entry per generated token (OpenAI's chat shape)."""
+
+    content: list[_LogProb] | None = None
+
+
 class _Choice(BaseModel):
     """The fields of a ``/inference/v1/generate`` choice (or stream chunk choice) that we read."""
 
     index: int = 0
+    logprobs: _LogProbs | None = None
     text: str = ""
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -209,6 +220,10 @@ class OpenAIHTTPEngine(TokenizerOps):
         }
         if request.seed is not None:
             sampling["seed"] = request.seed
+        if request.logprobs:
+            # the sampled token's log-probability only; vLLM's default logprobs_mode, raw_logprobs, is
+            # the model's distribution before temperature and top-p, as the in-process engine reports
+            sampling["logprobs"] = 0
         body = {
             "model": served,
             "token_ids": list(request.prompt_ids),
@@ -218,7 +233,8 @@ class OpenAIHTTPEngine(TokenizerOps):
         }
         return version, body
 
-    def _completion(self, version: str, served: str, token_ids: list[int], text: str, choice: _Choice) -> Completion:
+    def _completion(self, version: str, served: str, token_ids: list[int], text: str, choice: _Choice,
+                    logprobs: list[float] | None) -> Completion:
         reason = _FINISH.get(choice.finish_reason or "")
         if reason is None:
             raise EngineError(f"vLLM returned an unknown finish_reason {choice.finish_reason!r}")
@@ -231,6 +247,7 @@ class OpenAIHTTPEngine(TokenizerOps):
             stop_string=stop_string,
             eos=eos,
             model_version=self._reported_version(version, served, choice.weight_versions),
+            logprobs=logprobs,
         )
 
     async def generate(self, request: GenerationRequest) -> list[Completion]:
@@ -244,13 +261,15 @@ class OpenAIHTTPEngine(TokenizerOps):
         for choice in sorted(parsed.choices, key=lambda c: c.index):
             if choice.token_ids is None:
                 raise EngineError("vLLM returned a choice without token_ids")
-            out.append(self._completion(version, body["model"], choice.token_ids, choice.text, choice))
+            logprobs = _logprobs_of(choice) if request.logprobs else None
+            out.append(self._completion(version, body["model"], choice.token_ids, choice.text, choice, logprobs))
         return out
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         version, body = self._body(request, stream=True)
         ids: list[int] = []
         text: list[str] = []
+        logprobs: list[float] = []
         try:
             async with self._client.stream("POST", GENERATE, json=body) as resp:
                 if resp.status_code != 200:
@@ -270,8 +289,11 @@ class OpenAIHTTPEngine(TokenizerOps):
                         delta_ids = choice.token_ids or []
                         ids.extend(delta_ids)
                         text.append(choice.text)
+                        if request.logprobs:
+                            logprobs.extend(_logprobs_of(choice))
                         if choice.finish_reason is not None:
-                            done = self._completion(version, body["model"], list(ids), "".join(text), choice)
+                            done = self._completion(version, body["model"], list(ids), "".join(text), choice,
+                                                    logprobs if request.logprobs else None)
                             yield Delta(token_ids=delta_ids, text=choice.text, done=done)
                             return
                         yield Delta(token_ids=delta_ids, text=choice.text)
@@ -387,6 +409,15 @@ class OpenAIHTTPEngine(TokenizerOps):
         if status == 403 and "scale-out" in message.lower():
             return EngineError(f"{text} (start vLLM with --enable-scale-out: mathagent.vllm_server does)")
         return EngineError(text)
+
+
+def _logprobs_of(choice: _Choice) -> list[float]:
+    """The sampled tokens' log-probabilities of a choice (or stream chunk) that asked for them."""
+    if choice.logprobs is None or choice.logprobs.content is None:
+        if choice.token_ids:
+            raise EngineError("vLLM returned no logprobs for a request that asked for them")
+        return []
+    return [entry.logprob for entry in choice.logprobs.content]
 
 
 def _error_message(data: Any) -> str:

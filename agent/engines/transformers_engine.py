@@ -97,6 +97,7 @@ class _Row:
     on_delta: Callable[[Delta | EngineError], None] | None  # streaming sink (called on the event loop)
     future: asyncio.Future[Completion]
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # filled when the request asks for them
     cache: kvrows.RowCache | None = None
     cancelled: bool = False  # set from the event loop, read by the worker
     done: bool = False
@@ -323,6 +324,7 @@ class TransformersEngine(TokenizerOps):
             stop_string=row.text.stop_string,
             eos=eos,
             model_version=row.version.name,
+            logprobs=list(row.logprobs) if row.request.logprobs else None,
         )
         if row.on_delta is not None:
             delta = Delta(token_ids=row.pending_delta, text=row.text.delta(final=True), done=completion)
@@ -348,6 +350,15 @@ class TransformersEngine(TokenizerOps):
                     row.future.exception()  # mark retrieved: a stream reports it through its queue
 
             self._deliver(row, reject)
+
+    def _sample(self, row: _Row, logits: torch.Tensor) -> None:
+        """Sample the row's next token from its 1-D logits and advance it (with the token's
+        log-probability under the model, before temperature and top-p, when asked for: what
+        vLLM reports by default, its ``raw_logprobs`` mode)."""
+        token = sample_token(logits, row.request.temperature, row.request.top_p, row.generator)
+        if row.request.logprobs:
+            row.logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[token]))
+        self._advance(row, token)
 
     def _advance(self, row: _Row, token: int) -> None:
         """Record a sampled token and decide whether the row is finished."""
@@ -385,7 +396,7 @@ class TransformersEngine(TokenizerOps):
         for k, row in enumerate(job.rows):
             row.cache = cache if k == 0 else cache.clone()
         for row in job.rows:
-            self._advance(row, sample_token(logits, row.request.temperature, row.request.top_p, row.generator))
+            self._sample(row, logits)
 
     def _decode(self, entry: _Version, rows: list[_Row]) -> None:
         """One decode step for ``rows`` of one version."""
@@ -402,7 +413,7 @@ class TransformersEngine(TokenizerOps):
         self.stats.forward_passes += shape.passes(len(rows))
         self.stats.rows_decoded += len(rows)
         for i, row in enumerate(rows):
-            self._advance(row, sample_token(logits[i], row.request.temperature, row.request.top_p, row.generator))
+            self._sample(row, logits[i])
 
     def _run(self) -> None:
         while True:

@@ -1,5 +1,6 @@
-"""The vLLM server a benchmark measures: the one at ``--vllm-url`` (it must serve the same
-checkpoint), or one started from ``.venv-vllm`` for the run and stopped after it."""
+"""The vLLM server one command uses (a benchmark measures it, ``mathagent experiment --engine
+vllm`` generates on it): the one at ``--vllm-url`` (it must serve the same checkpoint), or one
+started from ``.venv-vllm`` for the run and stopped after it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def bench_vllm(
     served_name: str | None = None,
     lora: bool = False,
     log_dir: Path | None = None,
+    log_name: str = "bench-vllm.log",
 ) -> Iterator[BenchVLLM]:
     """Yield a vLLM server on ``model``. ``url``: use that server (``served_name`` is its
     --served-model-name); else start one (fp32, the flags of :mod:`mathagent.vllm_server`; ``lora``
@@ -39,7 +41,7 @@ def bench_vllm(
     if url:
         yield BenchVLLM(url.rstrip("/"), served_name or BENCH_SERVED_NAME, None)
         return
-    log = (log_dir or Path.home() / ".cache" / "mathagent" / "logs") / "bench-vllm.log"
+    log = (log_dir or Path.home() / ".cache" / "mathagent" / "logs") / log_name
     cfg = VLLMServerConfig(
         model=model, served_model_name=BENCH_SERVED_NAME, port=free_port(), enable_lora=lora, log_path=log
     )

@@ -8,9 +8,11 @@ directory) end with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,12 +25,27 @@ from mathagent.options import given
 from trainer.settings import TrainerSettings
 
 
+@contextlib.contextmanager
+def _own_vllm(settings: TrainerSettings, model: str, console: Console) -> Iterator[TrainerSettings]:
+    """A vLLM server for this experiment alone (no LoRA: every row's weights are reloaded in
+    place), and the settings that point the experiment at it."""
+    from agent.modelstore import resolve
+    from mathagent.bench.vllm import bench_vllm
+
+    path = resolve(model, settings.state_dir).path
+    with bench_vllm(path, console, log_dir=settings.state_dir / "logs", log_name="experiment-vllm.log") as server:
+        yield settings.model_copy(update={"engine": "vllm", "vllm_url": server.url, "vllm_model": server.served_name,
+                                          "model": model})
+
+
 def run_experiment_command(options: dict[str, Any]) -> int:
     """``options``: ``family``, the fields of :class:`trainer.experiment.ExperimentConfig` (None = not
     given), ``scale``, ``budget_minutes``, ``rows``, ``run_dir`` and ``seeds``."""
     from agent.datasets import DatasetError
+    from agent.engines.base import EngineError
     from agent.modelstore import ModelSpecError
     from agent.runtime import SandboxStartError
+    from mathagent.vllm_server import VLLMServerError
     from trainer.experiment import (
         BUDGET_MINUTES,
         ExperimentError,
@@ -67,34 +84,38 @@ def run_experiment_command(options: dict[str, Any]) -> int:
                   f"problems, {config.samples} samples each, maj@{config.maj_k}, batch {config.batch_size}, warm-up "
                   f"{config.warmup_epochs} epochs, {config.max_new_tokens} tokens per turn; budget "
                   f"{'none' if budget_s is None else f'{budget_minutes:g} min'}[/]")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
-        task = bar.add_task("starting", total=None)
+    try:
+        with contextlib.ExitStack() as stack:
+            if config.engine == "vllm":  # started before the progress bar: its start shows a status line
+                settings = stack.enter_context(_own_vllm(settings, config.model, console))
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console) as bar:
+                task = bar.add_task("starting", total=None)
 
-        last: dict[str, Any] = {"what": None, "tenth": -1}
+                last: dict[str, Any] = {"what": None, "tenth": -1}
 
-        def show(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what[:70], completed=done, total=total or None)
-            if console.is_terminal:
-                return
-            # a log file gets plain lines instead of the live bar: a new step, then every tenth of it
-            tenth = 10 * done // total if total else done // 10
-            key = what.rsplit(" loss", 1)[0]  # a training step's description carries its loss
-            if key != last["what"] or tenth != last["tenth"]:
-                last.update(what=key, tenth=tenth)
-                print(f"{time.strftime('%H:%M:%S')} {what} {done}/{total or '?'}", file=sys.stderr, flush=True)
+                def show(what: str, done: int, total: int) -> None:
+                    bar.update(task, description=what[:70], completed=done, total=total or None)
+                    if console.is_terminal:
+                        return
+                    # a log file gets plain lines instead of the live bar: a new step, then every tenth of it
+                    tenth = 10 * done // total if total else done // 10
+                    key = what.rsplit(" loss", 1)[0]  # a training step's description carries its loss
+                    if key != last["what"] or tenth != last["tenth"]:
+                        last.update(what=key, tenth=tenth)
+                        print(f"{time.strftime('%H:%M:%S')} {what} {done}/{total or '?'}", file=sys.stderr, flush=True)
 
-        try:
-            runs = asyncio.run(run_seeds(config, run_dir, settings, seeds=seeds, budget_s=budget_s, progress=show,
-                                         rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None))
-        except (ExperimentError, DatasetError, ModelSpecError, RegistryError, SandboxStartError) as exc:
-            return fail(str(exc).splitlines()[0])
+                runs = asyncio.run(run_seeds(config, run_dir, settings, seeds=seeds, budget_s=budget_s, progress=show,
+                                             rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None))
+    except (ExperimentError, DatasetError, ModelSpecError, RegistryError, SandboxStartError, VLLMServerError,
+            EngineError) as exc:
+        return fail(str(exc).splitlines()[0])
     out = Console(width=200)
     for seed, results in runs.items():
         d = dirs[seed]
         seed_note = f", seed {seed}" if seeds > 1 else ""
-        title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}"
-                 f"{seed_note}; accuracy % with 95% bootstrap CI")
+        title = (f"{family} experiment: {config.dataset} held-out (n={config.eval_limit}), model {config.model}, "
+                 f"engine {config.engine}{seed_note}; accuracy % with 95% bootstrap CI")
         out.print(table(results, title=title))
         claims = evaluate_claims(results, seed=seed)
         if claims:

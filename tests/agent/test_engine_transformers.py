@@ -128,6 +128,21 @@ async def test_n_samples(engine):
     assert all(c.token_ids == one.token_ids for c in many)  # greedy: every sample is the greedy path
 
 
+async def test_logprobs_are_the_models_before_temperature(engine):
+    """Asked for, each sampled token's log-probability under the model (raw, before temperature
+    and top-p, as vLLM reports by default); not asked for, none."""
+    prompt = chat_prompts(engine, 1)[0]
+    (plain,) = await engine.generate(greedy(prompt, 10, temperature=1.5, top_p=0.9, seed=3))
+    (c,) = await engine.generate(greedy(prompt, 10, temperature=1.5, top_p=0.9, seed=3, logprobs=True))
+    assert plain.logprobs is None and c.token_ids == plain.token_ids  # asking changes nothing sampled
+    assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+    model = engine.model()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + c.token_ids])).logits[0].float()
+    expected = torch.log_softmax(logits, -1)[len(prompt) - 1 : -1].gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4), (c.logprobs, expected.tolist())
+
+
 async def test_stop_string_cuts_right_after_completing_token(engine, tokenizer):
     prompt = chat_prompts(engine, 3)[2]
     (free,) = await engine.generate(greedy(prompt, 30))

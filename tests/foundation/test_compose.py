@@ -131,6 +131,16 @@ def test_registry_paths_the_gateway_sends_vllm_exist_there(compose: dict[str, An
         _same_file_in(compose, sender, "vllm", env["MATHAGENT_MODEL"])  # a rollback reloads the base
 
 
+def test_adapters_the_trainer_loads_on_vllm_exist_there(compose: dict[str, Any]) -> None:
+    """A retrain job loads its LoRA candidate on the serving vLLM from its run directory
+    (<runs_dir>/<job>/iter-1/train/adapter, trainer.engines), and a LoRA current version from the registry."""
+    from trainer.settings import TrainerSettings
+
+    env = _env(compose["services"]["trainer"])
+    settings = TrainerSettings(dev=True, state_dir=env["MATHAGENT_STATE_DIR"], runs_dir=env.get("MATHAGENT_RUNS_DIR") or None)
+    _same_file_in(compose, "trainer", "vllm", str(settings.runs_path / "job-1" / "iter-1" / "train" / "adapter"))
+
+
 def test_the_sandbox_socket_is_where_the_clients_look(compose: dict[str, Any]) -> None:
     sandbox = compose["services"]["sandbox"]
     served = sandbox["command"][sandbox["command"].index("--socket") + 1]

@@ -5,6 +5,7 @@ the engine tests on the session's shared server (tests/agent/test_engine_openai_
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_argv_and_env_carry_what_the_hot_swap_needs():
     env = build_env(cfg, {"PATH": "/usr/bin"})
     assert env["VLLM_SERVER_DEV_MODE"] == "1" and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["PATH"] == "/usr/bin"
+    # the forward pass runs on every core this process may use (vLLM's own default keeps one back)
+    assert sorted(map(int, env["VLLM_CPU_OMP_THREADS_BIND"].split(","))) == sorted(os.sched_getaffinity(0))
+    assert build_env(cfg.model_copy(update={"cpu_cores": "auto"}), {})["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
 
     plain = VLLMServerConfig(model=MODEL, enable_lora=False, chunked_prefill=True, enforce_eager=False, kv_cache_gib=2.5)
     assert "--enable-lora" not in build_argv(plain) and "--enforce-eager" not in build_argv(plain)
