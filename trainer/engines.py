@@ -8,7 +8,7 @@ batches the trainer's requests with the users'):
 - a version the server's base slot holds (its weight label, or ``default`` for the ``--model``
   weights, which are MATHAGENT_MODEL) is sampled as the base model;
 - a LoRA version, or a LoRA candidate, trained on the weights the slot holds is loaded as an
-  adapter under a private name (``trainer-<run>-<n>``) that the gateway never routes users to
+  adapter under a private name (``trainer-<run>-<n>-<random>``) that the gateway never routes users to
   (it sends only the names it loaded itself), and unloaded when the step ends, whatever the
   outcome; a run that starts unloads every private adapter an earlier, killed worker left
   behind (the worker runs one job at a time);
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
@@ -173,7 +174,9 @@ class StepEngines:
             label = await http.weight_info()
             slot = http.base_version if label == "default" else label
             if adapter is not None and adapter_base == slot:
-                name = f"{PRIVATE_PREFIX}{self.owner}-{next(self._n)}"
+                # a new name per load, also across processes (a resumed run): vLLM keys its prefix
+                # cache by adapter name, so a reused name could serve another adapter's cached blocks
+                name = f"{PRIVATE_PREFIX}{self.owner}-{next(self._n)}-{secrets.token_hex(3)}"
                 await http.load_lora_adapter(name, adapter)
                 http.add_version(version, name)
             elif adapter is None and version == slot:
