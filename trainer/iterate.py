@@ -102,6 +102,8 @@ class _Reporter:
         self.now = Progress(iterations=iterations)
 
     async def set(self, **fields: Any) -> None:
+        if fields.get("phase") not in (None, Phase.rollouts, Phase.eval):
+            fields.setdefault("engine", None)  # only the generating phases have one
         self.now = self.now.model_copy(update=fields)
         await self.fn(self.now)
 

@@ -131,6 +131,7 @@ def test_a_retrain_job_samples_and_gates_on_vllm_and_deploys_its_adapter(
     on_eval = {e for phase, e in engines if phase == "eval" and e}
     assert "vllm" in on_eval and any(e.startswith(f"vllm (adapter {PRIVATE_PREFIX}") for e in on_eval), engines
     assert not any(e.startswith("transformers") for _, e in engines if e), engines
+    assert not {e for phase, e in engines if phase not in ("rollouts", "eval") and e}, engines  # no engine in train
 
     it = job["outcome"]["iterations"][0]
     version = it["version"]
