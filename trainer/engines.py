@@ -17,7 +17,7 @@ batches the trainer's requests with the users'):
   them an unvetted model) or a current version the slot does not hold.
 
 Which weights answered comes from what vLLM reports for every completion
-(:mod:`agent.engines.openai_http`). :class:`PinnedEngine` fails a request answered by other
+(:mod:`agent.engines.openai_http`). :class:`GuardedEngine` fails a request answered by other
 weights, so a deploy through the gateway in the middle of a rollout cannot slip another
 version's samples into training: the job fails with a clear message instead. So does a vLLM
 server that stops answering (:func:`unavailable`); either way no private adapter stays loaded
@@ -75,7 +75,7 @@ def unavailable(exc: EngineUnavailableError, url: str, phase: str) -> RuntimeErr
                         "no adapter of it stays loaded and the active version is unchanged")
 
 
-class PinnedEngine:
+class GuardedEngine:
     """``engine`` for one version: every completion must report ``version`` (see the module doc)."""
 
     def __init__(self, engine: Engine, version: str) -> None:
@@ -192,7 +192,7 @@ class StepEngines:
                     await engine.aclose()
                 return
             http.set_active(version)
-            yield PinnedEngine(http, version), EngineChoice(engine="vllm", adapter=name)
+            yield GuardedEngine(http, version), EngineChoice(engine="vllm", adapter=name)
         finally:
             if name is not None:
                 with contextlib.suppress(EngineError):  # a dead server holds no adapter
@@ -227,4 +227,4 @@ async def reloaded_engine(settings: AgentSettings, path: Path, version: str) -> 
     except BaseException:
         await http.aclose()
         raise
-    return PinnedEngine(http, version)
+    return GuardedEngine(http, version)

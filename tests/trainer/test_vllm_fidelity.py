@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import torch
@@ -46,18 +47,8 @@ class LogprobRecorder:
         self.inner = inner
         self.completions: list[Completion] = []
 
-    @property
-    def model_version(self) -> str:
-        return self.inner.model_version
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.inner.decode(ids)
-
-    def chat_prefix(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.inner.chat_prefix(messages)
+    def __getattr__(self, name: str) -> Any:  # model_version, encode, decode, chat_prefix
+        return getattr(self.inner, name)
 
     async def generate(self, request: GenerationRequest) -> list[Completion]:
         out = await self.inner.generate(request.model_copy(update={"logprobs": True}))
