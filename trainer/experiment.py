@@ -344,15 +344,15 @@ class Experiment:
         self.settings = settings
         self.budget_s = budget_s
         self.progress = progress
+        if config.engine == "vllm" and settings.engine != "vllm":
+            raise ExperimentError("engine vllm: the experiment needs its own vLLM server (`mathagent experiment "
+                                  "--engine vllm` starts one and sets MATHAGENT_ENGINE / MATHAGENT_VLLM_URL for it)")
         self._check_config()
         self.registry = Registry(self.dir / "registry")
         self.resources = Resources(settings, solver_settings=settings.solver_settings().model_copy(update={
             "sample_temperature": config.temperature, "max_turns": config.max_turns,
             "max_new_tokens": config.max_new_tokens}))
         self._split: tuple[list[Problem], list[Problem]] | None = None
-        if config.engine == "vllm" and settings.engine != "vllm":
-            raise ExperimentError("engine vllm: the experiment needs its own vLLM server (`mathagent experiment "
-                                  "--engine vllm` starts one and sets MATHAGENT_ENGINE / MATHAGENT_VLLM_URL for it)")
 
     # -- the run directory ----------------------------------------------------------------------
     def _check_config(self) -> None:

@@ -30,6 +30,7 @@ async def test_rows_roll_out_and_evaluate_on_vllm_with_each_rows_weights(vllm, t
                                batch_size=2, max_length=512, max_new_tokens=24, max_turns=1, concurrency=4)
     with pytest.raises(ExperimentError, match="needs its own vLLM server"):
         await run_seeds(config, tmp_path / "refused", TrainerSettings(**common), seeds=1)
+    assert not (tmp_path / "refused" / "config.json").exists()  # refused before the run directory is claimed
 
     settings = TrainerSettings(**common, engine="vllm", vllm_url=vllm.url, vllm_model=vllm.served_name)
     run_dir = tmp_path / "run"
