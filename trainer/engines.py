@@ -32,7 +32,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
@@ -46,6 +46,9 @@ from agent.engines.base import (
 )
 from agent.runtime import Resources
 from agent.settings import AgentSettings
+
+if TYPE_CHECKING:
+    from agent.engines.openai_http import OpenAIHTTPEngine
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +155,22 @@ class StepEngines:
         return gone
 
     @contextlib.asynccontextmanager
+    async def _in_process(self, version: str, path: Path, why: str = "") -> AsyncIterator[tuple[Engine, EngineChoice]]:
+        engine = await self.resources.engine(path, version)
+        try:
+            yield engine, EngineChoice(engine="transformers", why=why)
+        finally:
+            await engine.aclose()
+
+    @contextlib.asynccontextmanager
     async def open(self, version: str, path: Path, *, adapter: Path | None = None,
                    adapter_base: str | None = None) -> AsyncIterator[tuple[Engine, EngineChoice]]:
         """An engine generating with ``version``: the whole checkpoint at ``path`` (what the
         in-process engine loads), or on vLLM the adapter at ``adapter`` over the weights of
         ``adapter_base`` when it has one. Closed (and its adapter unloaded) on exit."""
         if not self.on_vllm:
-            engine = await self.resources.engine(path, version)
-            try:
-                yield engine, EngineChoice(engine="transformers")
-            finally:
-                await engine.aclose()
+            async with self._in_process(version, path) as pair:
+                yield pair
             return
         import asyncio
 
@@ -171,28 +179,24 @@ class StepEngines:
         http = await asyncio.to_thread(build_vllm_engine, self.settings, path)
         name: str | None = None
         try:
-            label = await http.weight_info()
-            slot = http.base_version if label == "default" else label
+            slot = await http.slot_version()
             if adapter is not None and adapter_base == slot:
                 # a new name per load, also across processes (a resumed run): vLLM keys its prefix
                 # cache by adapter name, so a reused name could serve another adapter's cached blocks
                 name = f"{PRIVATE_PREFIX}{self.owner}-{next(self._n)}-{secrets.token_hex(3)}"
                 await http.load_lora_adapter(name, adapter)
                 http.add_version(version, name)
+                http.set_active(version)
+                served = GuardedEngine(http, version)
             elif adapter is None and version == slot:
-                if version != http.base_version:  # the slot was reloaded: vLLM reports its label
-                    http.add_version(version, http.base_model)
+                served = _on_slot(http, version)
             else:
                 why = (f"an adapter on {adapter_base}, vLLM's slot holds {slot}" if adapter is not None
                        else f"full weights, vLLM's slot serves {slot} to users")
-                engine = await self.resources.engine(path, version)
-                try:
-                    yield engine, EngineChoice(engine="transformers", why=why)
-                finally:
-                    await engine.aclose()
+                async with self._in_process(version, path, why) as pair:
+                    yield pair
                 return
-            http.set_active(version)
-            yield GuardedEngine(http, version), EngineChoice(engine="vllm", adapter=name)
+            yield served, EngineChoice(engine="vllm", adapter=name)
         finally:
             if name is not None:
                 with contextlib.suppress(EngineError):  # a dead server holds no adapter
@@ -213,18 +217,21 @@ async def reloaded_engine(settings: AgentSettings, path: Path, version: str) -> 
 
     http = await asyncio.to_thread(build_vllm_engine, settings, path)
     try:
-        label = await http.weight_info()
-        slot = http.base_version if label == "default" else label
-        if slot != version:
+        if await http.slot_version() != version:
             await http.pause("wait")
             await http.reload_weights(path)
             await http.update_weight_version(version)
             await http.reset_prefix_cache()
             await http.resume()
-        if version != http.base_version:
-            http.add_version(version, http.base_model)
-        http.set_active(version)
+        return _on_slot(http, version)
     except BaseException:
         await http.aclose()
         raise
+
+
+def _on_slot(http: OpenAIHTTPEngine, version: str) -> GuardedEngine:
+    """``http`` generating with its server's base slot, which holds ``version``."""
+    if version != http.base_version:  # the slot was reloaded: vLLM reports it under its label
+        http.add_version(version, http.base_model)
+    http.set_active(version)
     return GuardedEngine(http, version)

@@ -133,6 +133,13 @@ def ensure_base(registry: Registry, settings: TrainerSettings) -> str:
     return manifest.version
 
 
+def _current_adapter(base: dict[str, Any]) -> dict[str, Any]:
+    """The current version's LoRA adapter and the version it was trained on, when it is one
+    (recorded by ``step_base``): what vLLM loads for it."""
+    adapter = base.get("adapter")
+    return {"adapter": Path(adapter) if adapter else None, "adapter_base": base.get("adapter_base")}
+
+
 def _write_jsonl(path: Path, rows: list[BaseModel]) -> None:
     write_json_durable(path, "".join(r.model_dump_json() + "\n" for r in rows))
 
@@ -293,10 +300,9 @@ class Driver:
         prompts = _read_jsonl(d / "prompts.jsonl", IterPrompt)
         await self.rep.set(phase=Phase.rollouts, done=0, total=len(prompts), engine=None)
         sandbox = await self.resources.sandbox()
-        adapter = base.get("adapter")
         try:
-            async with self.engines.open(base["version"], Path(base["path"]), adapter=Path(adapter) if adapter else None,
-                                         adapter_base=base.get("adapter_base")) as (engine, choice):
+            current = self.engines.open(base["version"], Path(base["path"]), **_current_adapter(base))
+            async with current as (engine, choice):
                 await self.rep.set(engine=choice.describe())
                 tokenizer = await asyncio.to_thread(load_tokenizer, Path(base["path"]))
                 solver = Solver(engine, sandbox, None, self.resources.solver_settings())
@@ -423,15 +429,11 @@ class Driver:
         done = len(heldout) * (int(current_cache.is_file()) + int(candidate_cache.is_file()))
         await self.rep.set(phase=Phase.eval, done=done, total=total, accuracy_current=None, accuracy_candidate=None,
                            message="")
-        adapter = base.get("adapter")
         current = await self._eval(Path(base["path"]), base["version"], heldout, current_cache, "current",
-                                   adapter=Path(adapter) if adapter else None, adapter_base=base.get("adapter_base"))
-        # a LoRA candidate trained on the current version's whole weights is published as that
-        # adapter (step_publish), and evaluated as it on vLLM
-        trained = d / "train" / ADAPTER_DIR
-        lora = self.recipe.lora and (trained / "adapter_config.json").is_file() and base.get("kind") != "lora"
+                                   **_current_adapter(base))
+        lora = self._lora_candidate(i, base)  # evaluated as the adapter it is published as
         candidate = await self._eval(d / "train", f"candidate-{self.run_id}-{i}", heldout, candidate_cache, "candidate",
-                                     adapter=trained if lora else None, adapter_base=base["version"] if lora else None)
+                                     adapter=lora, adapter_base=base["version"] if lora else None)
         r = self.recipe
         gate = decide(base["version"], current, candidate, r.tolerance, min_problems=r.gate_min_problems,
                       alpha=r.gate_alpha, force=r.force_promote)
@@ -439,6 +441,16 @@ class Driver:
                            accuracy_current=gate.accuracy_current, accuracy_candidate=gate.accuracy_candidate,
                            message=gate.reason)
         return {"gate": gate.model_dump(mode="json"), "engines": {"current": current.engine, "candidate": candidate.engine}}
+
+    def _lora_candidate(self, i: int, base: dict[str, Any]) -> Path | None:
+        """Iteration ``i``'s LoRA adapter when the candidate is published (and evaluated on vLLM) as
+        that adapter, on the version it was trained from (what vLLM's base slot must hold): a LoRA
+        training on the current version's whole weights. An adapter trained on a merged LoRA
+        version is published merged, as full weights, since vLLM's slot never holds a merged adapter."""
+        adapter = self.rd.iter_dir(i) / "train" / ADAPTER_DIR
+        if self.recipe.lora and (adapter / "adapter_config.json").is_file() and base.get("kind") != "lora":
+            return adapter
+        return None
 
     async def step_publish(self, i: int, base: dict[str, Any], train: dict[str, Any], gate_out: dict[str, Any],
                            pairs: dict[str, Any]) -> dict[str, Any]:
@@ -458,12 +470,9 @@ class Driver:
             planned = self.registry.next_version()
             self.rd.plan_version(i, planned)
         golden = TypeAdapter(list[GoldenPrompt]).validate_json((d / "golden.json").read_text())
-        adapter = d / "train" / ADAPTER_DIR
+        adapter = self._lora_candidate(i, base)
         kind: Literal["full", "lora"]
-        if self.recipe.lora and (adapter / "adapter_config.json").is_file() and base.get("kind") != "lora":
-            # the adapter itself, on the version it was trained from (what vLLM's base slot must
-            # hold); an adapter trained on a merged LoRA version is published merged, as full
-            # weights, since vLLM's slot never holds a merged adapter
+        if adapter is not None:  # the adapter itself, on the version it was trained from
             src, kind, base_model = adapter, "lora", str(base["version"])
         else:
             src = await asyncio.to_thread(candidate_dir, d / "train", d / "candidate")

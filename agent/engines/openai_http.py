@@ -189,7 +189,10 @@ class OpenAIHTTPEngine(TokenizerOps):
         labels = [s.version for s in spans]
         if len(set(labels)) > 1:
             log.warning("one completion spans weight labels %s (the weights changed while it ran)", labels)
-        label = labels[-1]
+        return self.version_of_label(labels[-1])
+
+    def version_of_label(self, label: str) -> str:
+        """The version a weight label stands for (``default``: the weights the server started with)."""
         return self.base_version if label == DEFAULT_LABEL else label
 
     # ---- generation -----------------------------------------------------------------------
@@ -357,6 +360,10 @@ class OpenAIHTTPEngine(TokenizerOps):
         """``GET /weight_info``: the server's current weight label (``"default"`` until set)."""
         data = (await self._request("GET", "/weight_info")).json()
         return str(data["weight_version"])
+
+    async def slot_version(self) -> str:
+        """The version of the weights in the server's base slot now (``/weight_info``'s label)."""
+        return self.version_of_label(await self.weight_info())
 
     async def reset_prefix_cache(self, reset_running_requests: bool = False) -> bool:
         """``POST /reset_prefix_cache``: False when blocks are still held (running requests); retry

@@ -60,11 +60,11 @@ async def _legs(
     from agent.configuration import load
     from agent.datasets import synthetic_problems
     from agent.engines.base import GenerationRequest
-    from agent.engines.openai_http import OpenAIHTTPEngine
     from agent.engines.transformers_engine import TransformersEngine
     from agent.modelstore import resolve
     from agent.runtime import Resources
     from agent.settings import AgentSettings
+    from mathagent.bench.vllm import leg_engine
 
     settings = load(AgentSettings)
     resolved = resolve(settings.model, settings.state_dir)
@@ -81,12 +81,7 @@ async def _legs(
             f"{max_new_tokens}, max_turns {max_turns}[/]"
         )
         for name in engines:
-            engine: Any
-            if name == "vllm":
-                engine = OpenAIHTTPEngine.from_path(vllm.url, resolved.path, model=vllm.served_name, version=resolved.version)
-            else:
-                with console.status("loading the model..."):
-                    engine = await res.engine(resolved.path, resolved.version)
+            engine: Any = await leg_engine(name, res, resolved, vllm, console)
             try:
                 solver = res.solver(engine, sandbox)
                 await engine.generate(

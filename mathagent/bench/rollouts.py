@@ -84,10 +84,10 @@ async def _legs(engines: tuple[str, ...], prompts_n: int, samples: int, concurre
                 console: Console) -> tuple[list[RolloutLeg], list[UserLatency]]:
     from agent.configuration import load
     from agent.engines.base import GenerationRequest
-    from agent.engines.openai_http import OpenAIHTTPEngine
     from agent.modelstore import load_tokenizer, resolve
     from agent.runtime import Resources
     from agent.solver import Solver
+    from mathagent.bench.vllm import leg_engine
     from trainer.collect import dataset_split, from_problem
     from trainer.recipe import RetrainRequest, resolve_recipe
     from trainer.rollouts import run_rollouts
@@ -131,20 +131,13 @@ async def _legs(engines: tuple[str, ...], prompts_n: int, samples: int, concurre
                                                if s.kind is SegmentKind.model))
 
         for name in engines:
-            engine: Any
-            if name == "vllm":
-                engine = OpenAIHTTPEngine.from_path(vllm.url, resolved.path, model=vllm.served_name,
-                                                    version=resolved.version)
-            else:
-                with console.status("loading the model..."):
-                    engine = await res.engine(resolved.path, resolved.version)
+            engine = await leg_engine(name, res, resolved, vllm, console)
             try:
                 await engine.generate(GenerationRequest(prompt_ids=engine.encode("warm up"), max_new_tokens=4))
                 legs.append(await leg(name, engine))
                 if name == "vllm" and users:
                     # what users see during a retrain on the vLLM stack: their own connection, as the gateway's
-                    user_engine = OpenAIHTTPEngine.from_path(vllm.url, resolved.path, model=vllm.served_name,
-                                                             version=resolved.version)
+                    user_engine = vllm.engine(resolved.path, resolved.version)
                     try:
                         with console.status(f"{users} user solves on an idle vLLM..."):
                             latencies.append(await _users(user_engine, sandbox, cfg, users, "vLLM idle"))

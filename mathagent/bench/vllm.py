@@ -9,10 +9,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from mathagent.vllm_server import VLLMServer, VLLMServerConfig, free_port
+
+if TYPE_CHECKING:
+    from agent.engines.base import Engine
+    from agent.engines.openai_http import OpenAIHTTPEngine
+    from agent.modelstore import ResolvedModel
+    from agent.runtime import Resources
 
 BENCH_SERVED_NAME = "mathagent-bench"
 
@@ -22,6 +29,22 @@ class BenchVLLM:
     url: str
     served_name: str
     started_s: float | None  # seconds the start took (None: an existing server was used)
+
+    def engine(self, checkpoint: Path, version: str) -> OpenAIHTTPEngine:
+        """A client of this server, which serves ``checkpoint`` (its tokenizer is read there) as ``version``."""
+        from agent.engines.openai_http import OpenAIHTTPEngine
+
+        return OpenAIHTTPEngine.from_path(self.url, checkpoint, model=self.served_name, version=version)
+
+
+async def leg_engine(name: str, resources: Resources, model: ResolvedModel, vllm: BenchVLLM | None,
+                     console: Console) -> Engine:
+    """The engine a benchmark leg measures on ``model``: ``vllm`` (the server's) or ``in-process``."""
+    if name == "vllm":
+        assert vllm is not None
+        return vllm.engine(model.path, model.version)
+    with console.status("loading the model..."):
+        return await resources.engine(model.path, model.version)
 
 
 @contextlib.contextmanager
